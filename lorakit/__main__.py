@@ -1,0 +1,5 @@
+"""Entry point: python -m lorakit."""
+
+from lorakit.cli import main
+
+raise SystemExit(main())

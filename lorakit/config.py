@@ -1,0 +1,238 @@
+"""Configuration as data: frozen dataclasses whose field names are peft's, on disk and in memory.
+
+``LoraConfig`` mirrors ``peft.LoraConfig`` field for field (the subset lorakit implements), so an
+``adapter_config.json`` written by either tool reads the same in the other. Validation happens once, in
+``__post_init__``, and every message names the field and what it allows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+BiasMode = Literal["none", "all", "lora_only"]
+InitMode = Literal[True, False, "gaussian"]
+
+PEFT_TYPE = "LORA"
+
+# Keys peft writes that lorakit reads past when they hold their default (off) value; a non-default value
+# means the adapter needs a feature lorakit does not implement, and loading it must say so.
+_PEFT_KEYS_OFF_BY_DEFAULT: dict[str, Any] = {
+    "use_dora": False,
+    "lora_bias": False,
+    "use_qalora": False,
+    "trainable_token_indices": None,
+    "target_parameters": None,
+    "layer_replication": None,
+    "loftq_config": {},
+    "eva_config": None,
+    "corda_config": None,
+    "megatron_config": None,
+    "alora_invocation_tokens": None,
+    "arrow_config": None,
+}
+# Keys that carry no meaning for the weights (bookkeeping of the writer); ignored whatever their value.
+_PEFT_KEYS_IGNORED = {
+    "peft_type",
+    "auto_mapping",
+    "revision",
+    "inference_mode",
+    "peft_version",
+    "layers_pattern",
+    "megatron_core",
+    "runtime_config",
+    "qalora_group_size",
+    "ensure_weight_tying",
+    "exclude_modules",
+    "modules_to_tie",
+}
+
+
+def _fail(field_name: str, allowed: str, got: object) -> ValueError:
+    return ValueError(f"LoraConfig.{field_name} must be {allowed}, got {got!r}")
+
+
+def _is_str_list(value: object) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """A LoRA adapter's hyper-parameters: ``y = W x + (lora_alpha / r) * B A dropout(x)``."""
+
+    r: int = 8
+    """Rank of the update: A is (r x in), B is (out x r)."""
+    lora_alpha: float = 8
+    """Numerator of the scaling ``lora_alpha / r`` (``/ sqrt(r)`` with ``use_rslora``)."""
+    lora_dropout: float = 0.0
+    """Dropout probability on the LoRA path's input, in [0, 1)."""
+    target_modules: tuple[str, ...] | str | None = None
+    """Module names (exact or dotted suffix), one regex (full match), ``"all-linear"``, or None for the
+    model type's defaults."""
+    exclude_modules: tuple[str, ...] | str | None = None
+    """Modules never adapted, with the same matching rules as ``target_modules``."""
+    bias: BiasMode = "none"
+    """Which biases train: none, all biases of the model, or those of adapted layers."""
+    fan_in_fan_out: bool = False
+    """True when the base weight is stored (in, out), as in GPT-2's Conv1D."""
+    use_rslora: bool = False
+    """Rank-stabilised scaling ``lora_alpha / sqrt(r)`` (Kalajdzievski 2023)."""
+    init_lora_weights: InitMode = True
+    """True: A Kaiming-uniform, B zero; "gaussian": A normal(0, 1/r), B zero; False: both random."""
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    """Per-module rank overrides: key is a regex matched against the end of the module name."""
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    """Per-module lora_alpha overrides, matched like ``rank_pattern``."""
+    layers_to_transform: tuple[int, ...] | None = None
+    """Only adapt modules inside these layer indices."""
+    layers_pattern: tuple[str, ...] | None = None
+    """Names of the layer container (e.g. "layers", "h") used to find the layer index."""
+    modules_to_save: tuple[str, ...] | None = None
+    """Whole modules trained and saved beside the adapter (e.g. a classification head)."""
+    task_type: str | None = None
+    """peft's task type, e.g. "CAUSAL_LM"."""
+    base_model_name_or_path: str | None = None
+    """The base model the adapter was trained on."""
+    use_dora: bool = False
+    """Weight-decomposed LoRA; not implemented yet, kept so configs round-trip."""
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            raise _fail("r", "a positive integer", self.r)
+        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)):
+            raise _fail("lora_alpha", "a number", self.lora_alpha)
+        if isinstance(self.lora_dropout, bool) or not isinstance(self.lora_dropout, (int, float)):
+            raise _fail("lora_dropout", "a number in [0, 1)", self.lora_dropout)
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise _fail("lora_dropout", "a number in [0, 1)", self.lora_dropout)
+        for name in ("target_modules", "exclude_modules"):
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple, set, frozenset)):
+                if not all(isinstance(v, str) for v in value):
+                    raise _fail(name, "a list of module names, one regex string, or None", value)
+                put(name, tuple(sorted(set(value))) if isinstance(value, (set, frozenset)) else tuple(value))
+            elif value is not None and not isinstance(value, str):
+                raise _fail(name, "a list of module names, one regex string, or None", value)
+        if self.bias not in ("none", "all", "lora_only"):
+            raise _fail("bias", "one of 'none', 'all', 'lora_only'", self.bias)
+        for name in ("fan_in_fan_out", "use_rslora", "use_dora"):
+            if not isinstance(getattr(self, name), bool):
+                raise _fail(name, "true or false", getattr(self, name))
+        if self.use_dora:
+            raise _fail("use_dora", "False (DoRA is not implemented in lorakit yet)", self.use_dora)
+        if self.init_lora_weights not in (True, False, "gaussian"):
+            raise _fail("init_lora_weights", "True, False or 'gaussian'", self.init_lora_weights)
+        if not isinstance(self.rank_pattern, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0
+            for k, v in self.rank_pattern.items()
+        ):
+            raise _fail("rank_pattern", "a mapping of module pattern -> positive integer rank", self.rank_pattern)
+        if not isinstance(self.alpha_pattern, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+            for k, v in self.alpha_pattern.items()
+        ):
+            raise _fail("alpha_pattern", "a mapping of module pattern -> number", self.alpha_pattern)
+        layers = self.layers_to_transform
+        if isinstance(layers, int) and not isinstance(layers, bool):
+            layers = (layers,)
+        if layers is not None:
+            if not isinstance(layers, (list, tuple)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers
+            ):
+                raise _fail("layers_to_transform", "a list of layer indices or None", self.layers_to_transform)
+            put("layers_to_transform", tuple(layers))
+        for name in ("layers_pattern", "modules_to_save"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = (value,)
+            if value is not None:
+                if not _is_str_list(value):
+                    raise _fail(name, "a list of module names or None", value)
+                put(name, tuple(value))
+        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
+            raise _fail("layers_to_transform", "None when target_modules is a regex string", layers)
+        if isinstance(self.target_modules, str) and self.layers_pattern is not None:
+            raise _fail("layers_pattern", "None when target_modules is a regex string", self.layers_pattern)
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise _fail("layers_pattern", "None unless layers_to_transform is set", self.layers_pattern)
+        for name in ("task_type", "base_model_name_or_path"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise _fail(name, "a string or None", value)
+
+    def rank_and_alpha(self, module_name: str) -> tuple[int, float]:
+        """The rank and alpha of one module after ``rank_pattern``/``alpha_pattern`` (peft's suffix rule)."""
+        return (
+            _pattern_value(self.rank_pattern, module_name, self.r),
+            _pattern_value(self.alpha_pattern, module_name, self.lora_alpha),
+        )
+
+    def to_peft_dict(self) -> dict[str, Any]:
+        """The ``adapter_config.json`` content peft writes for this config (keys sorted on save)."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in (
+            "target_modules",
+            "exclude_modules",
+            "layers_to_transform",
+            "layers_pattern",
+            "modules_to_save",
+        ):
+            if isinstance(out[name], tuple):
+                out[name] = list(out[name])
+        out["peft_type"] = PEFT_TYPE
+        out["inference_mode"] = True
+        out["lora_bias"] = False
+        out["revision"] = None
+        return out
+
+    @classmethod
+    def from_peft_dict(cls, data: dict[str, Any], source: str = "adapter_config.json") -> LoraConfig:
+        """Read a peft ``adapter_config.json``; refuse other methods and LoRA features lorakit lacks."""
+        peft_type = data.get("peft_type")
+        if peft_type != PEFT_TYPE:
+            raise ValueError(
+                f"{source}: peft_type {peft_type!r} is an adapter method lorakit does not support (it reads 'LORA')"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in known:
+                kwargs[key] = value
+            elif key in _PEFT_KEYS_OFF_BY_DEFAULT and value not in (
+                _PEFT_KEYS_OFF_BY_DEFAULT[key],
+                None,
+                False,
+                {},
+                [],
+            ):
+                raise ValueError(f"{source}: {key}={value!r} needs a LoRA feature lorakit does not support")
+        if kwargs.get("use_dora"):
+            raise ValueError(f"{source}: use_dora=true needs DoRA, which lorakit does not support yet")
+        try:
+            return cls(**kwargs)
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoraConfig:
+        """Strict constructor for user-written configs: an unknown key is an error that suggests the closest."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"unknown LoraConfig key {key!r}{hint}")
+        return cls(**data)
+
+
+def _pattern_value(pattern: dict[str, Any], module_name: str, default: Any) -> Any:
+    for key, value in pattern.items():
+        if re.match(rf"(.*\.)?({key})$", module_name):
+            return value
+    return default

@@ -1,0 +1,221 @@
+"""The adapter file format, peft's: ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+In memory a parameter is ``<module>.lora_A.<adapter>.weight``; on disk it is
+``base_model.model.<module>.lora_A.weight`` (the adapter's name is dropped on save and put back on load).
+Saving and loading are built on two pure functions, ``to_file_keys`` and the key table of a model, and every
+mismatch is an error naming the module and both shapes. Loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lorakit.adapters import adapter_configs, adapter_modules, add_adapter, mark_trainable, set_adapters
+from lorakit.config import LoraConfig
+from lorakit.errors import AdapterError
+from lorakit.layers import LoraLayer
+
+PREFIX = "base_model.model."
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+LEGACY_WEIGHTS_NAME = "adapter_model.bin"
+DEFAULT_NAME = "default"
+
+
+def adapter_tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
+    """Adapter ``name``'s tensors under their file keys (live parameters, not copies)."""
+    config = adapter_configs(model)[name]
+    out: dict[str, torch.Tensor] = {}
+    for path, module in adapter_modules(model):
+        if isinstance(module, LoraLayer):
+            if name not in module.r:
+                continue
+            for attr in module.adapter_param_names:
+                entry = getattr(module, attr)[name]
+                if isinstance(entry, nn.Module):
+                    for param_name, param in entry.named_parameters():
+                        out[f"{PREFIX}{path}.{attr}.{param_name}"] = param
+                else:
+                    out[f"{PREFIX}{path}.{attr}"] = entry
+        elif name in module.modules_to_save:
+            for param_name, param in module.modules_to_save[name].named_parameters():
+                out[f"{PREFIX}{path}.{param_name}"] = param
+    if config.bias != "none":
+        # Biases are shared by all adapters and keep their in-memory names, ``base_layer`` included (as peft).
+        lora_paths = {p for p, m in adapter_modules(model) if isinstance(m, LoraLayer) and name in m.r}
+        for param_name, param in model.named_parameters():
+            if not param_name.endswith("bias") or _is_peft_artifact(param_name) or "lora_" in param_name:
+                continue
+            if config.bias == "lora_only" and param_name.removesuffix(".base_layer.bias") not in lora_paths:
+                continue
+            out[PREFIX + param_name] = param
+    return out
+
+
+def _is_peft_artifact(key: str) -> bool:
+    """Keys peft writes for ``bias="all"`` beside modules_to_save, which name no real weight of the adapter."""
+    return ".original_module." in key or ".modules_to_save." in key
+
+
+def _atomic_write(path: Path, write: object) -> None:
+    """Write through a temporary file in the same folder, fsync, then rename: a crash leaves the old file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)  # type: ignore[operator]
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def adapter_dir(path: str | os.PathLike[str], name: str) -> Path:
+    """Where ``save_adapter`` puts adapter ``name``: ``path`` for "default", ``path/<name>`` otherwise."""
+    return Path(path) if name == DEFAULT_NAME else Path(path) / name
+
+
+def save_adapter(model: nn.Module, path: str | os.PathLike[str], name: str = DEFAULT_NAME) -> Path:
+    """Write adapter ``name`` as peft does; returns the folder written."""
+    configs = adapter_configs(model)
+    if name not in configs:
+        raise AdapterError(f"unknown adapter {name!r}; the model has: {', '.join(map(repr, configs)) or 'none'}")
+    folder = adapter_dir(path, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter_tensors(model, name).items()}
+    _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    config = configs[name].to_peft_dict()
+    if config["base_model_name_or_path"] is None:
+        config["base_model_name_or_path"] = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    _atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return folder
+
+
+def read_adapter_config(folder: Path) -> LoraConfig:
+    file = folder / CONFIG_NAME
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise AdapterError(f"{file}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise AdapterError(f"{file}: expected a JSON object")
+    try:
+        return LoraConfig.from_peft_dict(data, source=str(file))
+    except ValueError as err:
+        raise AdapterError(str(err)) from None
+
+
+def read_adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
+    file = folder / WEIGHTS_NAME
+    if not file.exists():
+        if (folder / LEGACY_WEIGHTS_NAME).exists():
+            raise AdapterError(
+                f"{folder / LEGACY_WEIGHTS_NAME}: refusing to load a pickled adapter (unpickling can run code "
+                'hidden in the file); if you trust it, convert it once with: python -c "import torch; '
+                "from safetensors.torch import save_file; save_file(torch.load('adapter_model.bin', "
+                "weights_only=True), 'adapter_model.safetensors', metadata={'format': 'pt'})\""
+            )
+        raise AdapterError(f"{folder}: no {WEIGHTS_NAME} in the adapter folder")
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise AdapterError(f"{file}: corrupt or truncated safetensors file ({err})") from None
+
+
+def find_adapter_folder(path: str | os.PathLike[str], name: str = DEFAULT_NAME) -> Path:
+    """The folder holding the adapter: ``path`` itself, or ``path/<name>`` as ``save_adapter`` writes it."""
+    folder = Path(path)
+    if not folder.exists():
+        raise AdapterError(f"{folder}: no such adapter folder")
+    if not (folder / CONFIG_NAME).exists():
+        if (folder / name / CONFIG_NAME).exists():
+            return folder / name
+        raise AdapterError(f"{folder}: not an adapter folder (no {CONFIG_NAME})")
+    return folder
+
+
+def load_adapter(
+    model: nn.Module, path: str | os.PathLike[str], name: str = DEFAULT_NAME, trainable: bool = False
+) -> nn.Module:
+    """Load a peft-format adapter into ``model`` as ``name`` (added if missing) and make it active.
+
+    Every key and shape is checked before a weight is written; an adapter made for another base model is
+    an error naming the module and both shapes.
+    """
+    folder = find_adapter_folder(path, name)
+    config = read_adapter_config(folder)
+    tensors = read_adapter_weights(folder)
+    _check_modules_exist(model, tensors, folder)
+    added = name not in adapter_configs(model)
+    if added:
+        add_adapter(model, config, name)
+    try:
+        _copy_into(adapter_tensors(model, name), tensors, folder)
+    except AdapterError:
+        if added:
+            from lorakit.adapters import delete_adapter
+
+            delete_adapter(model, name)
+        raise
+    set_adapters(model, [name])
+    if trainable:
+        mark_trainable(model, name)
+    else:
+        for param in adapter_tensors(model, name).values():
+            param.requires_grad_(False)
+    return model
+
+
+def _module_of(key: str) -> str:
+    path = key.removeprefix(PREFIX)
+    for marker in (".lora_A.", ".lora_B.", ".lora_embedding_A", ".lora_embedding_B"):
+        if marker in path:
+            return path.split(marker)[0]
+    return path.rsplit(".", 1)[0]
+
+
+def _plain_module_path(path: str) -> str:
+    return path.replace(".base_layer", "").replace(".original_module", "")
+
+
+def _check_modules_exist(model: nn.Module, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    names = {_plain_module_path(n) for n, _ in model.named_modules()}
+    for key in tensors:
+        module = _plain_module_path(_module_of(key))
+        if module not in names and not _is_peft_artifact(key):
+            raise AdapterError(
+                f"{folder / WEIGHTS_NAME}: has weights for module {module!r}, which the base model does not have "
+                "(was the adapter made for another base model?)"
+            )
+
+
+def _copy_into(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], folder: Path) -> None:
+    file = folder / WEIGHTS_NAME
+    found = {k if k.startswith(PREFIX) else PREFIX + k: v for k, v in found.items() if not _is_peft_artifact(k)}
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        raise AdapterError(f"{file}: missing {len(missing)} tensor(s) the config implies, e.g. {missing[0]!r}")
+    unexpected = sorted(set(found) - set(expected))
+    if unexpected:
+        raise AdapterError(f"{file}: tensor {unexpected[0]!r} matches no module the config targets")
+    for key, param in expected.items():
+        if tuple(found[key].shape) != tuple(param.shape):
+            part = key.removeprefix(PREFIX + _module_of(key) + ".")
+            raise AdapterError(
+                f"{file}: {_module_of(key)} ({part}) has shape {tuple(found[key].shape)} "
+                f"but the base model needs {tuple(param.shape)} "
+                "(was the adapter made for another base model?)"
+            )
+    with torch.no_grad():
+        for key, param in expected.items():
+            param.copy_(found[key].to(dtype=param.dtype, device=param.device))

