@@ -46,12 +46,13 @@ def test_adapter_round_trip_with_peft_on_builtin_model(smollm2, tmp_path: Path) 
     assert (expected - plain).abs().max() > 1e-2
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
-    # merged = unmerged = unloaded on the real model
+    # merged = unmerged = unloaded on the real model; merging re-associates fp32 sums through 30 layers, so
+    # logits of magnitude ~30 agree to ~1e-5 relative rather than bit for bit
     lorakit.merge_adapters(ours)
     with torch.no_grad():
-        torch.testing.assert_close(ours(x).logits, expected, atol=1e-4, rtol=0)
+        torch.testing.assert_close(ours(x).logits, expected, atol=1e-3, rtol=1e-5)
         unloaded = lorakit.unload(ours)(x).logits
-    torch.testing.assert_close(unloaded, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(unloaded, expected, atol=1e-3, rtol=1e-5)
     del ours, theirs, theirs_fresh
 
     # peft writes (random A and B), lorakit reads
