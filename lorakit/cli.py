@@ -1,2 +1,264 @@
-def main(argv=None) -> int:
+"""The command line: thin subcommands, each mapping flags onto a config and calling one function.
+
+A mistake of the user's (a missing file, a bad flag, a broken dataset line) prints one line,
+``lorakit: error: ...``, and exits with code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import difflib
+import functools
+import inspect
+import itertools
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from lorakit.config import TrainConfig
+from lorakit.errors import LorakitError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that suggest the closest valid flag."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments:"):
+            parsers = [self] + [
+                p for a in self._actions if isinstance(a, argparse._SubParsersAction) for p in a.choices.values()
+            ]
+            flags = [s for p in parsers for a in p._actions for s in a.option_strings if s.startswith("--")]
+            unknown = message.split(":", 1)[1].split()
+            first = next((u for u in unknown if u.startswith("-")), unknown[0] if unknown else "")
+            close = difflib.get_close_matches(first.split("=")[0], flags, n=1)
+            message = f"unknown flag {first}" + (f" (did you mean {close[0]}?)" if close else "")
+        raise LorakitError(f"{self.prog.removeprefix('lorakit ')}: {message}" if " " in self.prog else message)
+
+
+def _train_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file whose keys mirror these flags")
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        doc = _field_doc(field.name)
+        if field.type in ("bool",):
+            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=doc)
+            continue
+        kind = {"int": int, "float": float}.get(str(field.type), str)
+        parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=field.name.upper(), help=doc)
+
+
+@functools.cache
+def _field_docs() -> dict[str, str]:
+    """Each TrainConfig field's docstring line (the line under it in the class body), for --help."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(TrainConfig)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, after in itertools.pairwise(body):
+        doc = after.value.value if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) else None
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(doc, str):
+            docs[node.target.id] = doc
+    return docs
+
+
+def _field_doc(name: str) -> str:
+    return f"{_field_docs().get(name, '')} (default: {getattr(TrainConfig, name, None)})"
+
+
+def train_config_from(args: argparse.Namespace) -> TrainConfig:
+    """Flags over the YAML file over the defaults."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        import yaml
+
+        path = Path(args.config)
+        if not path.is_file():
+            raise LorakitError(f"{path}: no such config file")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise LorakitError(f"{path}: not valid YAML ({err})") from None
+        if not isinstance(loaded, dict):
+            raise LorakitError(f"{path}: expected a mapping of flag names to values")
+        values.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
+        source = str(path)
+    else:
+        source = "flags"
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    try:
+        return TrainConfig.from_dict(values, source=source)
+    except (ValueError, TypeError) as err:
+        raise LorakitError(str(err)) from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lorakit.train.loop import train
+
+    result = train(train_config_from(args))
+    print(f"adapter, loss.png, metrics.jsonl and README.md in {result.output}/")
     return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from lorakit.eval.run import evaluate_contacts, evaluate_loss, summary, write_json
+
+    model, tokenizer = _model_with_adapter(args.model, args.adapter)
+    if args.task == "contacts":
+        metrics = evaluate_contacts(model, tokenizer, args.data, args.limit, args.batch_size)
+        shown = summary(metrics)
+    else:
+        if not args.data:
+            raise LorakitError("eval --task loss needs --data FILE.jsonl")
+        metrics = evaluate_loss(model, tokenizer, args.data, limit=args.limit, batch_size=args.batch_size)
+        shown = {k: metrics[k] for k in ("n", "tokens", "loss", "perplexity")}
+    print(_table([shown]))
+    if args.output:
+        write_json(args.output, metrics)
+        print(f"metrics and predictions written to {args.output}")
+    return 0
+
+
+def _model_with_adapter(model_name: str | None, adapter: str | None, merge: bool = True) -> tuple[Any, Any]:
+    import lorakit
+    from lorakit.io import find_adapter_folder
+
+    if adapter:
+        find_adapter_folder(adapter)  # a wrong path fails before the model is loaded
+    model, tokenizer = lorakit.load_model(model_name)
+    if adapter:
+        lorakit.load_adapter(model, adapter)
+        if merge:  # inference costs nothing extra once merged
+            lorakit.merge_adapters(model)
+    return model, tokenizer
+
+
+def _conversation(system: str | None, prompt: str) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": system}] if system else []
+    return [*messages, {"role": "user", "content": prompt}]
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from lorakit.eval.generate import generate_batch, prompt_ids
+
+    torch.manual_seed(args.seed)
+    model, tokenizer = _model_with_adapter(args.model, args.adapter)
+    ids = prompt_ids(tokenizer, _conversation(args.system, args.prompt))
+    print(generate_batch(model, tokenizer, [ids], args.max_new_tokens, args.temperature, args.top_p)[0])
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from lorakit.eval.chat import chat
+
+    model, tokenizer = _model_with_adapter(args.model, args.adapter)
+    chat(model, tokenizer, args.system, args.max_new_tokens, args.temperature)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from lorakit.export import merge_to_folder
+
+    folder = merge_to_folder(args.model, args.adapter, args.output, safe=args.safe)
+    print(f"merged model written to {folder}/ (loads with AutoModelForCausalLM.from_pretrained, no lorakit needed)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lorakit.demo import run_demo
+
+    run_demo(output=args.output, base_limit=args.base_limit)
+    return 0
+
+
+def _table(rows: Sequence[dict[str, Any]], first: str | None = None) -> str:
+    keys = list(rows[0])
+    cells = [[f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    line = "  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True))
+    return "\n".join(
+        [line, "  ".join("-" * w for w in widths)]
+        + ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lorakit import __version__
+
+    parser = _Parser(prog="lorakit", description="LoRA fine-tuning with peft-format adapters.")
+    parser.add_argument("--version", action="version", version=f"lorakit {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train a LoRA adapter (no flags: the built-in demo's training)")
+    _train_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="task metrics or loss of a model (+ adapter) on a dataset")
+    p.add_argument("--task", choices=["contacts", "loss"], default="contacts")
+    p.add_argument("--model", help="base model (default: the built-in SmolLM2-135M-Instruct)")
+    p.add_argument("--adapter", help="adapter folder")
+    p.add_argument("--data", help="JSONL dataset (default for contacts: the built-in held-out split)")
+    p.add_argument("--output", help="write metrics and every prediction to this JSON file")
+    p.add_argument("--limit", type=_positive, help="only the first N examples")
+    p.add_argument("--batch-size", type=_positive, default=50)
+    p.set_defaults(func=cmd_eval)
+
+    for name, helptext in (("generate", "one reply to --prompt"), ("chat", "a streaming terminal chat")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--model")
+        p.add_argument("--adapter")
+        p.add_argument("--system", help="system prompt")
+        if name == "generate":
+            p.add_argument("--prompt", required=True)
+            p.add_argument("--top-p", type=float, default=1.0)
+            p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--max-new-tokens", type=_positive, default=256)
+        p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+        p.set_defaults(func=cmd_generate if name == "generate" else cmd_chat)
+
+    p = sub.add_parser("merge", help="base + adapter -> a plain transformers model folder")
+    p.add_argument("--model")
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--safe", action="store_true", help="refuse to merge non-finite weights")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("demo", help="evaluate, train and evaluate again on the built-in contacts task")
+    p.add_argument("--output", help="run folder (default runs/demo-<timestamp>)")
+    p.add_argument("--base-limit", type=_positive, default=100, help="held-out examples for the base model")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args))
+    except LorakitError as err:
+        if debug:
+            raise
+        print(f"lorakit: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("lorakit: interrupted", file=sys.stderr)
+        return 130

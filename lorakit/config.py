@@ -236,3 +236,131 @@ def _pattern_value(pattern: dict[str, Any], module_name: str, default: Any) -> A
         if re.match(rf"(.*\.)?({key})$", module_name):
             return value
     return default
+
+
+Precision = Literal["auto", "fp32", "bf16"]
+Schedule = Literal["cosine", "linear", "constant"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``lorakit train`` needs; each field is a flag (``--lora-alpha``) and a YAML key.
+
+    The defaults are the built-in demo's tuned settings: built-in model, built-in contacts data.
+    """
+
+    model: str | None = None
+    """Base model: None for the built-in SmolLM2-135M-Instruct, a folder, a .gguf file or a hub id."""
+    data: str | None = None
+    """Training JSONL (chat ``messages`` or ``prompt``/``completion``); None for the built-in contacts set."""
+    eval_data: str | None = None
+    """Held-out JSONL for the eval loss (``eval_every``); None for none."""
+    output: str | None = None
+    """Output folder; None for ``runs/<timestamp>``."""
+    method: Literal["lora"] = "lora"
+    """Fine-tuning method."""
+    r: int = 16
+    """LoRA rank."""
+    lora_alpha: float = 32
+    """LoRA alpha (scaling = lora_alpha / r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA path."""
+    target_modules: str = "all-linear"
+    """Comma-separated module names, one regex, or all-linear."""
+    max_steps: int = 60
+    """Optimiser steps; 0 means use ``epochs``."""
+    epochs: float = 1.0
+    """Passes over the data when ``max_steps`` is 0."""
+    batch_size: int = 8
+    """Examples per micro-batch (per process)."""
+    grad_accum: int = 1
+    """Micro-batches per optimiser step."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    loraplus_lr_ratio: float = 1.0
+    """LoRA+: learning rate of B = ratio x lr (1 = plain LoRA)."""
+    warmup_steps: int = 5
+    """Linear warm-up steps."""
+    lr_schedule: Schedule = "cosine"
+    """Decay after warm-up."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (0 = off)."""
+    seq_len: int = 384
+    """Longest example in tokens; longer ones are truncated (skipped if nothing to learn is left)."""
+    seed: int = 0
+    """Seed for adapter init, data order and dropout."""
+    precision: Precision = "auto"
+    """auto: bf16 autocast where the hardware has fast bf16, else fp32."""
+    save_every: int = 0
+    """Checkpoint every N steps (0 = only the final adapter)."""
+    eval_every: int = 0
+    """Eval loss every N steps on ``eval_data`` (0 = never)."""
+    resume: bool = False
+    """Continue from the newest checkpoint in ``output``."""
+    overwrite: bool = False
+    """Allow writing into an output folder that holds a finished run."""
+
+    def __post_init__(self) -> None:
+        positive = ("r", "batch_size", "grad_accum", "seq_len")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"--{_flag(name)} must be a positive integer, got {value!r}")
+        for name in ("max_steps", "warmup_steps", "save_every", "eval_every", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"--{_flag(name)} must be an integer >= 0, got {value!r}")
+        for name in ("lora_alpha", "lr", "epochs", "loraplus_lr_ratio"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"--{_flag(name)} must be a number > 0, got {value!r}")
+        for name in ("weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"--{_flag(name)} must be a number >= 0, got {value!r}")
+        if isinstance(self.lora_dropout, bool) or not isinstance(self.lora_dropout, (int, float)):
+            raise ValueError(f"--lora-dropout must be a number in [0, 1), got {self.lora_dropout!r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"--lora-dropout must be a number in [0, 1), got {self.lora_dropout!r}")
+        choices = {"method": ("lora",), "lr_schedule": ("cosine", "linear", "constant"),
+                   "precision": ("auto", "fp32", "bf16")}  # fmt: skip
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{_flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not isinstance(self.target_modules, str) or not self.target_modules.strip():
+            raise ValueError(
+                f"--target-modules must be a comma list, a regex or all-linear, got {self.target_modules!r}"
+            )
+
+    def lora_config(self) -> LoraConfig:
+        """The adapter config these flags describe."""
+        targets: tuple[str, ...] | str = self.target_modules
+        if self.target_modules != "all-linear" and re.fullmatch(r"[\w.,\s-]+", self.target_modules):
+            targets = tuple(t.strip() for t in self.target_modules.split(",") if t.strip())
+        return LoraConfig(
+            r=self.r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout, target_modules=targets,
+            task_type="CAUSAL_LM",
+        )  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Strict: keys are flag names (``lora-alpha`` or ``lora_alpha``); an unknown one suggests the closest."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean {_flag(close[0])!r}?)" if close else ""
+                raise ValueError(f"{source}: unknown key {key!r}{hint}")
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")

@@ -8,10 +8,12 @@ de-quantises it to dense weights (~15 s); lorakit does that once and keeps a saf
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +126,8 @@ def load_model(name_or_path: str | None = None, dtype: torch.dtype | str | None 
             raise ModelError(f"{path}: not a transformers model folder (no config.json)")
         source = str(path) if path.exists() else name_or_path
         try:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+            with _quiet_progress():  # a local safetensors load takes a second: no bar needed
+                model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
             tokenizer = AutoTokenizer.from_pretrained(source)
         except OSError as err:
             raise ModelError(
@@ -134,6 +137,19 @@ def load_model(name_or_path: str | None = None, dtype: torch.dtype | str | None 
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _looks_like_path(name: str) -> bool:

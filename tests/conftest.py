@@ -15,3 +15,32 @@ def smollm2():
 def smollm2_tokenizer(smollm2):
     """The built-in model's real tokenizer (ChatML template, eos/pad = <|im_end|>)."""
     return smollm2[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm2_tokenizer):
+    """A tiny random Llama with the real SmolLM2 tokenizer and chat template, saved as a transformers folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(smollm2_tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def small_chat_data(tmp_path_factory):
+    """24 built-in contacts examples as a JSONL file."""
+    from lorakit.data.contacts import builtin_path
+
+    folder = tmp_path_factory.mktemp("data")
+    lines = builtin_path("train").read_text(encoding="utf-8").splitlines()[:24]
+    path = folder / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,63 @@
+"""``make demo`` / ``lorakit demo``: teach the built-in SmolLM2-135M-Instruct to answer in JSON.
+
+Evaluate the base model on the held-out contacts split, train with ``lorakit train``'s defaults, evaluate the
+adapter on the whole split, and print the before/after table and where everything is.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+
+import lorakit
+from lorakit.config import TrainConfig
+from lorakit.eval.run import evaluate_contacts, summary, write_json
+from lorakit.train.loop import train
+
+METRICS = ("json_valid", "exact_match", "field_accuracy")
+
+
+def run_demo(output: str | None = None, base_limit: int = 100) -> dict[str, dict[str, float]]:
+    started = time.perf_counter()
+    output = output or str(Path("runs") / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    print("lorakit demo: extracting contact details as JSON with SmolLM2-135M-Instruct + LoRA\n")
+
+    print(f"1/3 the base model on {base_limit} held-out examples")
+    model, tokenizer = lorakit.load_model()
+    base = evaluate_contacts(model, tokenizer, limit=base_limit, desc="base model")
+    del model
+
+    print("\n2/3 training (lorakit train's defaults)")
+    result = train(TrainConfig(output=output))
+
+    print("\n3/3 the adapter on the whole held-out split")
+    model, tokenizer = lorakit.load_model()
+    lorakit.load_adapter(model, result.output)
+    lorakit.merge_adapters(model)
+    tuned = evaluate_contacts(model, tokenizer, desc="with adapter")
+
+    out = Path(result.output)
+    write_json(out / "demo_eval.json", {"base": base, "adapter": tuned})
+    rows = {"base model": summary(base), "with adapter": summary(tuned)}
+    table = _table(rows)
+    with open(out / "README.md", "a", encoding="utf-8") as card:
+        card.write(f"\n## Held-out contacts scores (lorakit demo)\n\n{table}\n")
+    minutes = (time.perf_counter() - started) / 60
+    print(f"\n{table}\n")
+    print(f"done in {minutes:.1f} min. In {out}/:")
+    print("  adapter_config.json, adapter_model.safetensors   the adapter (peft's format)")
+    print("  README.md                                         model card: settings, scores, how to load it")
+    print("  loss.png, metrics.jsonl                           the training curve and per-step metrics")
+    print("  demo_eval.json                                    every held-out prediction beside its reference")
+    print(f'try it: .venv/bin/lorakit generate --adapter {out} --system "$(python -c '
+          "'from lorakit.data.contacts import SYSTEM_PROMPT; print(SYSTEM_PROMPT)')\" "
+          "--prompt 'Met Ana Souza from Blue Fern Analytics in Lisbon, ana@bluefern.io'")  # fmt: skip
+    return rows
+
+
+def _table(rows: dict[str, dict[str, float]]) -> str:
+    lines = ["| model | n | json_valid | exact_match | field_accuracy |", "|---|---|---|---|---|"]
+    for name, m in rows.items():
+        lines.append(f"| {name} | {m['n']} | " + " | ".join(f"{m[k]:.3f}" for k in METRICS) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Training: the loop (``loop.train``) and the parts it puts in order."""

@@ -1,0 +1,125 @@
+"""Checkpoints that survive a kill at any moment.
+
+A checkpoint is a folder ``<output>/checkpoints/step-NNNNNN/`` holding the adapter in peft's format (so it
+loads on its own) and ``trainer_state.pt`` (optimiser, scheduler, RNG states, step). It is written into a
+temporary folder, fsynced, and renamed into place: a checkpoint folder that exists is complete. Older ones
+are removed only after the new one is in place.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lorakit.io import adapter_tensors, save_adapter
+
+STATE_NAME = "trainer_state.pt"
+KEEP = 2
+
+
+def checkpoint_root(output: Path) -> Path:
+    return output / "checkpoints"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    output: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    step: int,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    root = checkpoint_root(output)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+    try:
+        save_adapter(model, tmp)
+        state = {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+            "extra": extra or {},
+        }
+        with open(tmp / STATE_NAME, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync_dir(tmp)
+        if final.exists():  # a re-run of the same step after a resume: replace it whole
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in list_checkpoints(output)[:-KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(output: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders of an interrupted write are ignored)."""
+    root = checkpoint_root(output)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / STATE_NAME).exists()]
+    return sorted(found, key=lambda p: int(p.name.removeprefix("step-")))
+
+
+def load_checkpoint(
+    folder: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> dict[str, Any]:
+    """Restore everything ``save_checkpoint`` wrote; returns the state (``step``, ``extra``)."""
+    from safetensors.torch import load_file
+
+    weights = load_file(folder / "adapter_model.safetensors")
+    with torch.no_grad():
+        for key, param in adapter_tensors(model, "default").items():
+            param.copy_(weights[key])
+    # weights_only: the state holds tensors and plain Python values, so nothing executable is unpickled
+    state = torch.load(folder / STATE_NAME, weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return state
+
+
+def clean_temporary(output: Path) -> None:
+    """Remove what an interrupted checkpoint write left behind."""
+    root = checkpoint_root(output)
+    if root.is_dir():
+        for p in root.glob(".tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)

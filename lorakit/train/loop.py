@@ -1,0 +1,266 @@
+"""The training loop, top to bottom: data, model, adapter, optimiser, steps, checkpoints, report.
+
+The library owns the parts (loss, optimiser, schedule, checkpoints, report); this file owns their order.
+A run is deterministic for a given seed: adapter init, data order (a function of seed and epoch) and dropout
+all draw from seeded generators, and a checkpoint stores every RNG state, so a resumed run ends with the same
+adapter as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+import lorakit
+from lorakit.adapters import add_adapter, count_parameters
+from lorakit.config import TrainConfig
+from lorakit.data.batching import batch_order, collate, padding_waste
+from lorakit.data.contacts import builtin_path
+from lorakit.data.jsonl import read_jsonl
+from lorakit.data.tokenize import TokenizedExample, tokenize_dataset
+from lorakit.errors import LorakitError
+from lorakit.io import save_adapter
+from lorakit.models import BUILTIN_NAME, load_model
+from lorakit.train.checkpoint import clean_temporary, list_checkpoints, load_checkpoint, save_checkpoint
+from lorakit.train.loss import token_loss_sum
+from lorakit.train.optim import build_optimizer, schedule
+from lorakit.train.report import MetricsLog, model_card, plot_loss
+
+CONFIG_FILE = "train_config.json"
+# Fields a resumed run may change; any other difference means a different run.
+RESUMABLE_CHANGES = {"resume", "overwrite", "output", "max_steps", "epochs", "save_every", "eval_every"}
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    steps: int
+    final_loss: float
+    seconds: float
+    tokens: int
+    trainable: int
+    total: int
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. "auto" takes bf16 where the hardware runs it fast."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+def prepare_output(config: TrainConfig) -> Path:
+    """Create (or check) the output folder before any compute is spent; refuse to clobber a finished run."""
+    output = Path(config.output or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    finished = (output / "adapter_model.safetensors").exists()
+    if finished and not (config.overwrite or config.resume):
+        raise LorakitError(f"{output}: already holds a finished run; pass --overwrite to replace it or --resume")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / ".write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise LorakitError(f"{output}: cannot write to the output folder ({err.strerror})") from None
+    saved = output / CONFIG_FILE
+    if config.resume and saved.exists():
+        before = json.loads(saved.read_text(encoding="utf-8"))
+        now = config.to_dict()
+        changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k])
+        if changed:
+            diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in changed)
+            raise LorakitError(f"{output}: --resume with different settings than the run it continues ({diffs})")
+    tmp = saved.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, saved)
+    return output
+
+
+def read_dataset(path: str | None) -> tuple[str, list[dict[str, Any]]]:
+    """(source, validated records); None means the built-in contacts training split."""
+    source = str(path) if path else str(builtin_path("train"))
+    return source, read_jsonl(source)
+
+
+class MicroBatches:
+    """Micro-batch ``m`` of the whole run, derived from (seed, epoch): no iterator state to save or restore."""
+
+    def __init__(self, examples: list[TokenizedExample], batch_size: int, seed: int, pad_id: int) -> None:
+        self.examples, self.batch_size, self.seed, self.pad_id = examples, batch_size, seed, pad_id
+        self.lengths = [len(e.input_ids) for e in examples]
+        self.per_epoch = len(batch_order(self.lengths, batch_size, seed, 0))
+        self._epoch: tuple[int, list[list[int]]] | None = None
+
+    def order(self, epoch: int) -> list[list[int]]:
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, batch_order(self.lengths, self.batch_size, self.seed, epoch))
+        return self._epoch[1]
+
+    def __getitem__(self, m: int) -> dict[str, torch.Tensor]:
+        epoch, index = divmod(m, self.per_epoch)
+        return collate([self.examples[i] for i in self.order(epoch)[index]], self.pad_id)
+
+
+def _log(message: str) -> None:
+    tqdm.write(f"lorakit: {message}")
+
+
+def evaluate_loss(
+    model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], autocast: torch.dtype | None
+) -> float:
+    """Mean assistant-token loss over ``batches`` (dropout off)."""
+    was_training = model.training
+    model.eval()
+    total = count = 0.0
+    with torch.no_grad(), _autocast(autocast):
+        for batch in batches:
+            total += float(token_loss_sum(model, batch))
+            count += int((batch["labels"][:, 1:] != -100).sum())
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def _autocast(dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    return torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def train(config: TrainConfig, progress: bool = True) -> TrainResult:
+    """Run ``lorakit train``: returns where the adapter, metrics, plot and model card were written."""
+    started = time.perf_counter()
+    output = prepare_output(config)
+    clean_temporary(output)
+    torch.manual_seed(config.seed)
+
+    # ---- data (checked before the model is loaded: a broken line fails fast), model, tokens
+    data_source, records = read_dataset(config.data)
+    eval_records = read_dataset(config.eval_data)[1] if config.eval_data else []
+    model, tokenizer = load_model(config.model)
+    device = next(model.parameters()).device
+    autocast = resolve_precision(config.precision, device)
+    examples, stats = tokenize_dataset(tokenizer, records, config.seq_len, path=data_source)
+    _log(
+        f"{data_source}: {stats.n_records} examples, {stats.n_tokens:,} tokens ({stats.n_label_tokens:,} trained "
+        f"on); {stats.n_truncated} truncated to --seq-len {config.seq_len}, {stats.n_skipped} skipped (nothing "
+        "left to learn after truncation)"
+    )
+    eval_batches: list[dict[str, torch.Tensor]] = []
+    if eval_records:
+        eval_examples, _ = tokenize_dataset(tokenizer, eval_records, config.seq_len, path=config.eval_data)
+        eval_batches = [
+            collate(eval_examples[i : i + 16], tokenizer.pad_token_id) for i in range(0, len(eval_examples), 16)
+        ]
+    batches = MicroBatches(examples, config.batch_size, config.seed, tokenizer.pad_token_id)
+    waste = padding_waste(batches.lengths, batches.order(0))
+
+    # ---- adapter, optimiser, schedule
+    torch.manual_seed(config.seed)
+    base_name = config.model or BUILTIN_NAME
+    lora = dataclasses.replace(config.lora_config(), base_model_name_or_path=base_name)
+    add_adapter(model, lora)
+    trainable, total = count_parameters(model)
+    optimizer = build_optimizer(model, config)
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * batches.per_epoch / config.grad_accum))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, total_steps))
+    _log(
+        f"LoRA r={config.r} alpha={config.lora_alpha} on {config.target_modules}: {trainable:,} trainable of "
+        f"{total:,} parameters ({100 * trainable / total:.2f}%); {total_steps} steps of "
+        f"{config.batch_size} x {config.grad_accum} examples; precision {autocast or 'fp32'}; "
+        f"padding {100 * waste:.0f}% of tokens"
+    )
+
+    # ---- resume
+    start_step = 0
+    checkpoints = list_checkpoints(output) if config.resume else []
+    if checkpoints:
+        state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
+        start_step = state["step"]
+        _log(f"resumed from {checkpoints[-1]} at step {start_step}")
+    elif config.resume:
+        _log(f"--resume: no checkpoint in {output}/checkpoints yet, starting from step 0")
+    metrics = MetricsLog(output / "metrics.jsonl", keep_until_step=start_step if config.resume else None)
+
+    # ---- the loop
+    model.train()
+    bar = tqdm(total=total_steps, initial=start_step, disable=not progress, unit="step", dynamic_ncols=True)
+    tokens_seen = 0
+    loss_value = float("nan")
+    loop_start = time.perf_counter()
+    for step in range(start_step, total_steps):
+        step_start = time.perf_counter()
+        micro = [batches[step * config.grad_accum + k] for k in range(config.grad_accum)]
+        # One normaliser for the whole step: the mean over all its label tokens, not a mean of means.
+        n_labels = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+        loss_sum = 0.0
+        for batch in micro:
+            with _autocast(autocast):
+                loss = token_loss_sum(model, batch)
+            (loss / n_labels).backward()
+            loss_sum += float(loss.detach())
+        loss_value = loss_sum / n_labels
+        if not math.isfinite(loss_value):
+            last = list_checkpoints(output)
+            kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
+            raise LorakitError(f"loss became {loss_value} at step {step + 1}; stopped ({kept}); try a lower --lr")
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf")))
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        step_tokens = sum(int(b["attention_mask"].sum()) for b in micro)
+        tokens_seen += step_tokens
+        seconds = time.perf_counter() - step_start
+        record = {"kind": "train", "step": step + 1, "loss": round(loss_value, 5), "lr": lr,
+                  "grad_norm": round(grad_norm, 4), "tokens": step_tokens, "seconds": round(seconds, 3)}  # fmt: skip
+        metrics.write(record)
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{step_tokens / seconds:.0f}")
+        bar.update(1)
+
+        if eval_batches and config.eval_every and (step + 1) % config.eval_every == 0:
+            eval_loss = evaluate_loss(model, eval_batches, autocast)
+            metrics.write({"kind": "eval", "step": step + 1, "eval_loss": round(eval_loss, 5)})
+            _log(f"step {step + 1}: eval loss {eval_loss:.4f}")
+        if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < total_steps:
+            save_checkpoint(output, model, optimizer, scheduler, step + 1)
+    bar.close()
+    train_seconds = time.perf_counter() - loop_start
+
+    # ---- results: adapter, plot, model card
+    final: dict[str, Any] = {"train_loss": round(loss_value, 4)}
+    if eval_batches:
+        final["eval_loss"] = round(evaluate_loss(model, eval_batches, autocast), 4)
+        metrics.write({"kind": "eval", "step": total_steps, "eval_loss": final["eval_loss"]})
+    save_adapter(model, output)
+    records = metrics.read()
+    plot_loss(records, output / "loss.png", f"LoRA r={config.r} on {Path(data_source).name}")
+    seconds = time.perf_counter() - started
+    info = {
+        "lorakit_version": lorakit.__version__, "base_model": base_name, "data": data_source,
+        "n_examples": len(examples), "n_truncated": stats.n_truncated, "n_skipped": stats.n_skipped,
+        "trainable": trainable, "total": total, "steps": total_steps,
+        "tokens": sum(r.get("tokens", 0) for r in records),
+        "seconds": seconds, "precision": str(autocast or "fp32").replace("torch.", ""),
+        "hyperparameters": {k: v for k, v in config.to_dict().items() if k not in ("output", "resume", "overwrite")},
+        "final": final, "output": str(output),
+    }  # fmt: skip
+    (output / "README.md").write_text(model_card(info), encoding="utf-8")
+    if tokens_seen:
+        rate = tokens_seen / train_seconds
+        _log(f"trained {total_steps - start_step} steps in {train_seconds:.0f} s ({rate:.0f} tokens/s)")
+    return TrainResult(output, total_steps, loss_value, seconds, tokens_seen, trainable, total)

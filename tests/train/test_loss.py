@@ -1,0 +1,58 @@
+"""The loss shortcuts (head only on label positions, shared prompt prefix) against transformers' own loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+import lorakit
+from lorakit.data.batching import collate
+from lorakit.data.jsonl import read_jsonl
+from lorakit.data.tokenize import tokenize_dataset
+from lorakit.train.loss import shared_prefix_length, token_loss_sum
+
+
+def _batch(model_dir: Path, data: Path, n: int = 4) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    model, tokenizer = lorakit.load_model(str(model_dir))
+    examples, _ = tokenize_dataset(tokenizer, read_jsonl(data)[:n], 256)
+    return model, collate(examples, tokenizer.pad_token_id)
+
+
+def test_loss_equals_transformers_loss(tiny_model_dir: Path, small_chat_data: Path) -> None:
+    model, batch = _batch(tiny_model_dir, small_chat_data)
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    with torch.no_grad():
+        reference = model(**batch).loss  # transformers shifts the labels and averages over label tokens
+        for share in (False, True):
+            torch.testing.assert_close(
+                token_loss_sum(model, batch, share_prefix=share) / n, reference, atol=1e-5, rtol=1e-5
+            )
+
+
+def test_shared_prefix_gives_the_same_gradients(tiny_model_dir: Path, small_chat_data: Path) -> None:
+    model, batch = _batch(tiny_model_dir, small_chat_data)
+    # The built-in contacts data share a system prompt of dozens of tokens.
+    prefix = shared_prefix_length(batch)
+    assert prefix > 30
+    assert (batch["labels"][:, : prefix + 1] == -100).all()
+    lorakit.add_adapter(model, lorakit.LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    grads = []
+    for share in (False, True):
+        model.zero_grad()
+        token_loss_sum(model, batch, share_prefix=share).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-5, rtol=1e-4)
+
+
+def test_no_shared_prefix_for_different_prompts() -> None:
+    batch = {
+        "input_ids": torch.tensor([[1, 2, 3] * 6, [1, 2, 4] * 6]),
+        "attention_mask": torch.ones(2, 18, dtype=torch.long),
+        "labels": torch.full((2, 18), -100),
+    }
+    assert shared_prefix_length(batch) == 0
+    batch["input_ids"][1] = batch["input_ids"][0]
+    batch["labels"][:, 12:] = 5
+    assert shared_prefix_length(batch) == 11

@@ -1,0 +1,109 @@
+"""The training loop: deterministic, resumable to the same adapter, and what it leaves behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import peft
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+import lorakit
+from lorakit.config import TrainConfig
+from lorakit.errors import LorakitError
+from lorakit.train import loop
+
+
+def _config(model_dir: Path, data: Path, output: Path, **overrides: object) -> TrainConfig:
+    base = dict(model=str(model_dir), data=str(data), output=str(output), max_steps=6, batch_size=4, lr=3e-3,
+                warmup_steps=1, precision="fp32", seq_len=256, r=4, lora_alpha=8)  # fmt: skip
+    return TrainConfig(**{**base, **overrides})  # type: ignore[arg-type]
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "adapter_model.safetensors")
+
+
+def test_training_is_deterministic_and_resume_gives_the_same_adapter(
+    tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = loop.train(_config(tiny_model_dir, small_chat_data, tmp_path / "full", lora_dropout=0.1), progress=False)
+    again = loop.train(_config(tiny_model_dir, small_chat_data, tmp_path / "again", lora_dropout=0.1), progress=False)
+    a, b = _weights(full.output), _weights(again.output)
+    assert all(torch.equal(a[k], b[k]) for k in a), "same seed, same adapter"
+
+    # Interrupt after the checkpoint at step 4 (of 6), then resume.
+    real_save = loop.save_checkpoint
+
+    def save_then_die(output, model, optimizer, scheduler, step, extra=None):  # type: ignore[no-untyped-def]
+        folder = real_save(output, model, optimizer, scheduler, step, extra)
+        if step == 4:
+            raise KeyboardInterrupt
+        return folder
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    cfg = _config(tiny_model_dir, small_chat_data, tmp_path / "resumed", lora_dropout=0.1, save_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(cfg, progress=False)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert not (tmp_path / "resumed" / "adapter_model.safetensors").exists()
+    resumed = loop.train(TrainConfig(**{**cfg.to_dict(), "resume": True}), progress=False)
+    c = _weights(resumed.output)
+    init = lorakit.add_adapter(lorakit.load_model(str(tiny_model_dir))[0], cfg.lora_config())
+    assert max((a[k] - c[k]).abs().max().item() for k in a) <= 1e-6
+    moved = max((a[k] - v).abs().max().item() for k, v in lorakit.io.adapter_tensors(init, "default").items())
+    assert moved > 1e-3, "the adapter trained"
+    steps = [r["step"] for r in map(json.loads, (resumed.output / "metrics.jsonl").read_text().splitlines())]
+    assert steps == [1, 2, 3, 4, 5, 6], "metrics of the resumed run: no step lost, none twice"
+
+
+def test_outputs_of_a_run(tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path) -> None:
+    result = loop.train(_config(tiny_model_dir, small_chat_data, tmp_path / "run", eval_data=str(small_chat_data),
+                                eval_every=3), progress=False)  # fmt: skip
+    out = result.output
+    for name in ("adapter_config.json", "adapter_model.safetensors", "loss.png", "metrics.jsonl", "README.md"):
+        assert (out / name).exists(), name
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [3, 6, 6]
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    card = (out / "README.md").read_text()
+    assert "Trainable parameters" in card and "PeftModel.from_pretrained" in card
+    # the adapter loads in peft
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    theirs = peft.PeftModel.from_pretrained(base, out)
+    assert sum(p.numel() for n, p in theirs.named_parameters() if "lora_" in n) == result.trainable
+
+
+def test_refuses_to_overwrite_a_finished_run(tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path) -> None:
+    cfg = _config(tiny_model_dir, small_chat_data, tmp_path / "run", max_steps=1)
+    loop.train(cfg, progress=False)
+    with pytest.raises(LorakitError, match="already holds a finished run"):
+        loop.train(cfg, progress=False)
+    loop.train(TrainConfig(**{**cfg.to_dict(), "overwrite": True}), progress=False)
+
+
+def test_resume_with_other_settings_is_refused(tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path) -> None:
+    cfg = _config(tiny_model_dir, small_chat_data, tmp_path / "run", max_steps=1)
+    loop.train(cfg, progress=False)
+    with pytest.raises(LorakitError, match=r"different settings.*lr"):
+        loop.train(TrainConfig(**{**cfg.to_dict(), "resume": True, "lr": 1.0}), progress=False)
+
+
+def test_non_finite_loss_stops_with_the_step(tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(LorakitError, match=r"loss became (nan|inf) at step \d+"):
+        loop.train(_config(tiny_model_dir, small_chat_data, tmp_path / "run", lr=1e12, max_grad_norm=0.0,
+                           max_steps=30), progress=False)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"r": 0}, "--r must be a positive integer"), ({"lr_schedule": "step"}, "--lr-schedule must be one of"),
+     ({"lora_dropout": 1.5}, "--lora-dropout")],
+)  # fmt: skip
+def test_config_errors_name_the_flag(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
