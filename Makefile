@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/python -m lorakit --version
+	$(VENV)/bin/lorakit demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lorakit tests bench
@@ -37,3 +37,6 @@ format: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+bench: $(STAMP)
+	$(PY) -m bench.loss_paths

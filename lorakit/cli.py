@@ -124,8 +124,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_with_adapter(model_name: str | None, adapter: str | None, merge: bool = True) -> tuple[Any, Any]:
+def _model_with_adapter(model_name: str | None, adapter: str | None) -> tuple[Any, Any]:
+    """Base model plus adapter, merged and in the fastest precision for inference."""
     import lorakit
+    from lorakit.eval.run import prepare_for_inference
     from lorakit.io import find_adapter_folder
 
     if adapter:
@@ -133,9 +135,7 @@ def _model_with_adapter(model_name: str | None, adapter: str | None, merge: bool
     model, tokenizer = lorakit.load_model(model_name)
     if adapter:
         lorakit.load_adapter(model, adapter)
-        if merge:  # inference costs nothing extra once merged
-            lorakit.merge_adapters(model)
-    return model, tokenizer
+    return prepare_for_inference(model), tokenizer
 
 
 def _conversation(system: str | None, prompt: str) -> list[dict[str, str]]:

@@ -267,7 +267,7 @@ class TrainConfig:
     """Dropout on the LoRA path."""
     target_modules: str = "all-linear"
     """Comma-separated module names, one regex, or all-linear."""
-    max_steps: int = 60
+    max_steps: int = 120
     """Optimiser steps; 0 means use ``epochs``."""
     epochs: float = 1.0
     """Passes over the data when ``max_steps`` is 0."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import lorakit
 from lorakit.config import TrainConfig
-from lorakit.eval.run import evaluate_contacts, summary, write_json
+from lorakit.eval.run import evaluate_contacts, prepare_for_inference, summary, write_json
 from lorakit.train.loop import train
 
 METRICS = ("json_valid", "exact_match", "field_accuracy")
@@ -25,7 +25,7 @@ def run_demo(output: str | None = None, base_limit: int = 100) -> dict[str, dict
 
     print(f"1/3 the base model on {base_limit} held-out examples")
     model, tokenizer = lorakit.load_model()
-    base = evaluate_contacts(model, tokenizer, limit=base_limit, desc="base model")
+    base = evaluate_contacts(prepare_for_inference(model), tokenizer, limit=base_limit, desc="base model")
     del model
 
     print("\n2/3 training (lorakit train's defaults)")
@@ -34,8 +34,7 @@ def run_demo(output: str | None = None, base_limit: int = 100) -> dict[str, dict
     print("\n3/3 the adapter on the whole held-out split")
     model, tokenizer = lorakit.load_model()
     lorakit.load_adapter(model, result.output)
-    lorakit.merge_adapters(model)
-    tuned = evaluate_contacts(model, tokenizer, desc="with adapter")
+    tuned = evaluate_contacts(prepare_for_inference(model), tokenizer, desc="with adapter")
 
     out = Path(result.output)
     write_json(out / "demo_eval.json", {"base": base, "adapter": tuned})

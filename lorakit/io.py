@@ -18,7 +18,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lorakit.adapters import adapter_configs, adapter_modules, add_adapter, mark_trainable, set_adapters
+from lorakit.adapters import (
+    adapter_configs,
+    adapter_modules,
+    add_adapter,
+    delete_adapter,
+    mark_trainable,
+    set_adapters,
+)
 from lorakit.config import LoraConfig
 from lorakit.errors import AdapterError
 from lorakit.layers import LoraLayer
@@ -163,8 +170,6 @@ def load_adapter(
         _copy_into(adapter_tensors(model, name), tensors, folder)
     except AdapterError:
         if added:
-            from lorakit.adapters import delete_adapter
-
             delete_adapter(model, name)
         raise
     set_adapters(model, [name])

@@ -120,3 +120,15 @@ def test_eval_loss_and_contacts_on_tiny_model(tiny_model_dir: Path, small_chat_d
     metrics = json.loads(out.read_text())
     assert metrics["n"] == 4 and len(metrics["predictions"]) == 4
     assert metrics["json_valid"] == 0.0  # a random tiny model does not write JSON
+
+
+def test_generate_and_chat_run_on_tiny_model(tiny_model_dir: Path) -> None:
+    proc = _run("generate", "--model", str(tiny_model_dir), "--prompt", "hello", "--max-new-tokens", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip(), "prints the reply"
+    chat = subprocess.run(
+        [sys.executable, "-m", "lorakit", "chat", "--model", str(tiny_model_dir), "--max-new-tokens", "3"],
+        input="hello\nand again\n/exit\n", capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.count("assistant> ") == 2, chat.stdout
