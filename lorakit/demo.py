@@ -6,12 +6,14 @@ adapter on the whole split, and print the before/after table and where everythin
 
 from __future__ import annotations
 
+import shlex
 import time
 from datetime import datetime
 from pathlib import Path
 
 import lorakit
 from lorakit.config import TrainConfig
+from lorakit.data.contacts import SYSTEM_PROMPT
 from lorakit.eval.run import evaluate_contacts, prepare_for_inference, summary, write_json
 from lorakit.train.loop import train
 
@@ -49,9 +51,9 @@ def run_demo(output: str | None = None, base_limit: int = 100) -> dict[str, dict
     print("  README.md                                         model card: settings, scores, how to load it")
     print("  loss.png, metrics.jsonl                           the training curve and per-step metrics")
     print("  demo_eval.json                                    every held-out prediction beside its reference")
-    print(f'try it: .venv/bin/lorakit generate --adapter {out} --system "$(python -c '
-          "'from lorakit.data.contacts import SYSTEM_PROMPT; print(SYSTEM_PROMPT)')\" "
-          "--prompt 'Met Ana Souza from Blue Fern Analytics in Lisbon, ana@bluefern.io'")  # fmt: skip
+    command = [".venv/bin/lorakit", "generate", "--adapter", str(out), "--system", SYSTEM_PROMPT, "--prompt",
+               "Met Ana Souza from Blue Fern Analytics in Lisbon, ana@bluefern.io"]  # fmt: skip
+    print(f"try it: {shlex.join(command)}")
     return rows
 
 

@@ -56,7 +56,7 @@ def _suffix_hidden(backbone: nn.Module, batch: dict[str, torch.Tensor], prefix: 
     input_ids, mask = batch["input_ids"], batch["attention_mask"]
     rows = input_ids.shape[0]
     first: Any = backbone(input_ids=input_ids[:1, :prefix], use_cache=True)
-    cache = getattr(first, "past_key_values", None)
+    cache = first["cache"] if "cache" in first else getattr(first, "past_key_values", None)
     layers = getattr(cache, "layers", None)
     if not layers or not all(hasattr(layer, "keys") and hasattr(layer, "values") for layer in layers):
         return None
