@@ -17,7 +17,7 @@ from lorakit.data.jsonl import read_jsonl
 from lorakit.data.tokenize import tokenize_dataset
 from lorakit.eval.contacts import score_all, score_reply
 from lorakit.eval.generate import generate_all, prompt_ids
-from lorakit.train.loss import token_loss_sum
+from lorakit.train.loop import mean_token_loss
 
 Task = Literal["contacts", "loss"]
 
@@ -72,15 +72,11 @@ def evaluate_loss(model: Any, tokenizer: Any, data: str, seq_len: int = 1024, li
     """Mean loss per assistant/completion token, and its perplexity, on a dataset in either format."""
     records = read_jsonl(data)[:limit] if limit else read_jsonl(data)
     examples, stats = tokenize_dataset(tokenizer, records, seq_len, path=data)
-    total = 0.0
-    count = 0
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            batch = collate(examples[start : start + batch_size], tokenizer.pad_token_id)
-            total += float(token_loss_sum(model, batch))
-            count += int((batch["labels"][:, 1:] != -100).sum())
-    loss = total / max(count, 1)
+    batches = [
+        collate(examples[i : i + batch_size], tokenizer.pad_token_id) for i in range(0, len(examples), batch_size)
+    ]
+    loss = mean_token_loss(model, batches, autocast=None)
+    count = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
     return {"n": len(examples), "tokens": count, "loss": round(loss, 5), "perplexity": round(math.exp(loss), 4),
             "truncated": stats.n_truncated, "skipped": stats.n_skipped, "data": data}  # fmt: skip
 

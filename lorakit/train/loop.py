@@ -120,7 +120,7 @@ def _log(message: str) -> None:
     tqdm.write(f"lorakit: {message}")
 
 
-def evaluate_loss(
+def mean_token_loss(
     model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], autocast: torch.dtype | None
 ) -> float:
     """Mean assistant-token loss over ``batches`` (dropout off)."""
@@ -233,7 +233,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         bar.update(1)
 
         if eval_batches and config.eval_every and (step + 1) % config.eval_every == 0:
-            eval_loss = evaluate_loss(model, eval_batches, autocast)
+            eval_loss = mean_token_loss(model, eval_batches, autocast)
             metrics.write({"kind": "eval", "step": step + 1, "eval_loss": round(eval_loss, 5)})
             _log(f"step {step + 1}: eval loss {eval_loss:.4f}")
         if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < total_steps:
@@ -244,7 +244,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     # ---- results: adapter, plot, model card
     final: dict[str, Any] = {"train_loss": round(loss_value, 4)}
     if eval_batches:
-        final["eval_loss"] = round(evaluate_loss(model, eval_batches, autocast), 4)
+        final["eval_loss"] = round(mean_token_loss(model, eval_batches, autocast), 4)
         metrics.write({"kind": "eval", "step": total_steps, "eval_loss": final["eval_loss"]})
     save_adapter(model, output)
     records = metrics.read()
