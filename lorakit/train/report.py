@@ -111,11 +111,12 @@ model, tokenizer = lorakit.load_model({base!r})
 model = lorakit.load_adapter(model, "{info["output"]}")
 ```
 
-With peft (the files are peft's format):
+With peft (the files are peft's format; lorakit here only provides the base weights):
 
 ```python
-from peft import PeftModel
-model = PeftModel.from_pretrained(base_model, "{info["output"]}")  # base_model: the same weights as above
+import lorakit; from peft import PeftModel  # noqa: E702
+base_model, _ = lorakit.load_model({base!r})  # or the same weights from any transformers folder
+model = PeftModel.from_pretrained(base_model, "{info["output"]}")
 ```
 
 Or merge it into a plain transformers model: `lorakit merge --model {base} --adapter {info["output"]} --output merged/`.
