@@ -189,6 +189,10 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     if checkpoints:
         state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
         start_step = state["step"]
+        if start_step >= total_steps:
+            raise LorakitError(
+                f"{output}: the run already reached step {start_step} of {total_steps}; raise --max-steps to train on"
+            )
         _log(f"resumed from {checkpoints[-1]} at step {start_step}")
     elif config.resume:
         _log(f"--resume: no checkpoint in {output}/checkpoints yet, starting from step 0")
@@ -236,8 +240,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             eval_loss = mean_token_loss(model, eval_batches, autocast)
             metrics.write({"kind": "eval", "step": step + 1, "eval_loss": round(eval_loss, 5)})
             _log(f"step {step + 1}: eval loss {eval_loss:.4f}")
-        if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < total_steps:
-            save_checkpoint(output, model, optimizer, scheduler, step + 1)
+        if config.save_every and ((step + 1) % config.save_every == 0 or step + 1 == total_steps):
+            save_checkpoint(output, model, optimizer, scheduler, step + 1)  # the last one lets --resume extend a run
     bar.close()
     train_seconds = time.perf_counter() - loop_start
 

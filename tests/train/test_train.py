@@ -59,6 +59,13 @@ def test_training_is_deterministic_and_resume_gives_the_same_adapter(
     steps = [r["step"] for r in map(json.loads, (resumed.output / "metrics.jsonl").read_text().splitlines())]
     assert steps == [1, 2, 3, 4, 5, 6], "metrics of the resumed run: no step lost, none twice"
 
+    # A finished run has nothing to resume, unless --max-steps grows: then it goes on from its last step.
+    with pytest.raises(LorakitError, match="already reached step 6 of 6"):
+        loop.train(TrainConfig(**{**cfg.to_dict(), "resume": True}), progress=False)
+    longer = loop.train(TrainConfig(**{**cfg.to_dict(), "resume": True, "max_steps": 8}), progress=False)
+    steps = [r["step"] for r in map(json.loads, (longer.output / "metrics.jsonl").read_text().splitlines())]
+    assert steps == [1, 2, 3, 4, 5, 6, 7, 8]
+
 
 def test_outputs_of_a_run(tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path) -> None:
     result = loop.train(_config(tiny_model_dir, small_chat_data, tmp_path / "run", eval_data=str(small_chat_data),
