@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="run folder (default runs/demo-<timestamp>)")
     p.add_argument("--base-limit", type=_positive, default=100, help="held-out examples for the base model")
     p.set_defaults(func=cmd_demo)
+    for command in sub.choices.values():  # --debug also after the subcommand
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
 
 

@@ -132,3 +132,8 @@ def test_generate_and_chat_run_on_tiny_model(tiny_model_dir: Path) -> None:
     )  # fmt: skip
     assert chat.returncode == 0, chat.stderr
     assert chat.stdout.count("assistant> ") == 2, chat.stdout
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    proc = _run("train", "--debug", "--data", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "o"))
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "DataError" in proc.stderr
