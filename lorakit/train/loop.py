@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,9 +35,10 @@ from lorakit.models import BUILTIN_NAME, load_model
 from lorakit.train.checkpoint import clean_temporary, list_checkpoints, load_checkpoint, save_checkpoint
 from lorakit.train.loss import token_loss_sum
 from lorakit.train.optim import build_optimizer, schedule
-from lorakit.train.report import MetricsLog, model_card, plot_loss
+from lorakit.train.report import MetricsLog, model_card, plot_loss, write_text_atomic
 
 CONFIG_FILE = "train_config.json"
+SUMMARY_FILE = "train_summary.json"  # written last: its presence means the run finished
 # Fields a resumed run may change; any other difference means a different run.
 RESUMABLE_CHANGES = {"resume", "overwrite", "output", "max_steps", "epochs", "save_every", "eval_every"}
 
@@ -67,7 +68,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 def prepare_output(config: TrainConfig) -> Path:
     """Create (or check) the output folder before any compute is spent; refuse to clobber a finished run."""
     output = Path(config.output or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
-    finished = (output / "adapter_model.safetensors").exists()
+    finished = (output / SUMMARY_FILE).exists()
     if finished and not (config.overwrite or config.resume):
         raise LorakitError(f"{output}: already holds a finished run; pass --overwrite to replace it or --resume")
     try:
@@ -85,9 +86,10 @@ def prepare_output(config: TrainConfig) -> Path:
         if changed:
             diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in changed)
             raise LorakitError(f"{output}: --resume with different settings than the run it continues ({diffs})")
-    tmp = saved.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, saved)
+    write_text_atomic(saved, json.dumps(config.to_dict(), indent=2) + "\n")
+    if config.overwrite and not config.resume:  # a new run: nothing of the old one may be resumed or reported
+        (output / SUMMARY_FILE).unlink(missing_ok=True)
+        shutil.rmtree(output / "checkpoints", ignore_errors=True)
     return output
 
 
@@ -189,7 +191,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     if checkpoints:
         state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
         start_step = state["step"]
-        if start_step >= total_steps:
+        if start_step >= total_steps and (output / SUMMARY_FILE).exists():
             raise LorakitError(
                 f"{output}: the run already reached step {start_step} of {total_steps}; raise --max-steps to train on"
             )
@@ -245,7 +247,9 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     bar.close()
     train_seconds = time.perf_counter() - loop_start
 
-    # ---- results: adapter, plot, model card
+    # ---- results: adapter, plot, model card, then the summary that marks the run finished
+    if start_step >= total_steps:  # killed while writing the results: write them again
+        loss_value = next((r["loss"] for r in reversed(metrics.read()) if r.get("kind") == "train"), loss_value)
     final: dict[str, Any] = {"train_loss": round(loss_value, 4)}
     if eval_batches:
         final["eval_loss"] = round(mean_token_loss(model, eval_batches, autocast), 4)
@@ -263,7 +267,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         "hyperparameters": {k: v for k, v in config.to_dict().items() if k not in ("output", "resume", "overwrite")},
         "final": final, "output": str(output),
     }  # fmt: skip
-    (output / "README.md").write_text(model_card(info), encoding="utf-8")
+    write_text_atomic(output / "README.md", model_card(info))
+    write_text_atomic(output / SUMMARY_FILE, json.dumps(info, indent=2) + "\n")
     if tokens_seen:
         rate = tokens_seen / train_seconds
         _log(f"trained {total_steps - start_step} steps in {train_seconds:.0f} s ({rate:.0f} tokens/s)")

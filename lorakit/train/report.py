@@ -8,6 +8,16 @@ from pathlib import Path
 from typing import Any
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Temporary file in the same folder, fsync, rename: a crash leaves the old file or the new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
 class MetricsLog:
     """Appends one JSON object per line and flushes it, so a crash loses at most the line being written."""
 
@@ -16,9 +26,7 @@ class MetricsLog:
         if keep_until_step is not None and path.exists():
             # After a resume, drop what was logged past the checkpoint: those steps run again.
             kept = [line for line in self.read() if line.get("step", 0) <= keep_until_step]
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-            os.replace(tmp, path)
+            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
         elif keep_until_step is None and path.exists():
             path.unlink()
 
