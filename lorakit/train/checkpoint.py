@@ -9,6 +9,7 @@ are removed only after the new one is in place.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 import tempfile
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lorakit.errors import LorakitError
 from lorakit.io import adapter_tensors, save_adapter
 
 STATE_NAME = "trainer_state.pt"
@@ -110,7 +112,13 @@ def load_checkpoint(
         for key, param in adapter_tensors(model, "default").items():
             param.copy_(weights[key])
     # weights_only: the state holds tensors and plain Python values, so nothing executable is unpickled
-    state = torch.load(folder / STATE_NAME, weights_only=True)
+    try:
+        state = torch.load(folder / STATE_NAME, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise LorakitError(
+            f"{folder / STATE_NAME}: not a lorakit checkpoint state, refused without running it ({reason})"
+        ) from None
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])

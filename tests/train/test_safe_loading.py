@@ -1,0 +1,60 @@
+"""Files from outside are never unpickled: a malicious checkpoint state or adapter .bin is refused unexecuted."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lorakit
+from lorakit.config import TrainConfig
+from lorakit.train import loop
+
+
+class _Payload:
+    """Unpickling this runs ``touch <path>``: the test checks the file never appears."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (subprocess.call, (["touch", str(self.path)],))
+
+
+def test_malicious_checkpoint_state_is_refused_unexecuted(
+    tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path
+) -> None:
+    cfg = TrainConfig(model=str(tiny_model_dir), data=str(small_chat_data), output=str(tmp_path / "run"),
+                      max_steps=4, save_every=2, batch_size=4, precision="fp32", r=4, lora_alpha=8)  # fmt: skip
+    loop.train(cfg, progress=False)
+    state = sorted((tmp_path / "run" / "checkpoints").iterdir())[-1] / "trainer_state.pt"
+    pwned = tmp_path / "pwned"
+    state.write_bytes(pickle.dumps({"step": 1, "x": _Payload(pwned)}))
+    (tmp_path / "run" / "train_summary.json").unlink()  # as if killed before the end
+    proc = subprocess.run(
+        [sys.executable, "-m", "lorakit", "train", "--model", str(tiny_model_dir), "--data", str(small_chat_data),
+         "--output", str(tmp_path / "run"), "--max-steps", "4", "--save-every", "2", "--batch-size", "4",
+         "--precision", "fp32", "--r", "4", "--lora-alpha", "8", "--resume"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "not a lorakit checkpoint state, refused without running it" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not pwned.exists(), "the pickle's code ran"
+
+
+def test_malicious_adapter_bin_is_refused_unexecuted(tmp_path: Path) -> None:
+    from tests.tiny import tiny_llama
+
+    folder = lorakit.save_adapter(
+        lorakit.add_adapter(tiny_llama(), lorakit.LoraConfig(r=2, target_modules=["q_proj"])), tmp_path / "a"
+    )
+    (folder / "adapter_model.safetensors").unlink()
+    pwned = tmp_path / "pwned"
+    (folder / "adapter_model.bin").write_bytes(pickle.dumps(_Payload(pwned)))
+    with pytest.raises(lorakit.AdapterError, match="refusing to load a pickled adapter"):
+        lorakit.load_adapter(tiny_llama(), folder)
+    assert not pwned.exists()
