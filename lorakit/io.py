@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -72,12 +73,12 @@ def _is_peft_artifact(key: str) -> bool:
     return ".original_module." in key or ".modules_to_save." in key
 
 
-def _atomic_write(path: Path, write: object) -> None:
-    """Write through a temporary file in the same folder, fsync, then rename: a crash leaves the old file."""
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """``write(temporary_path)`` in the same folder, fsync, then rename: a crash leaves the old file or the new."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        write(tmp)  # type: ignore[operator]
+        write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -99,12 +100,12 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str], name: str = DEF
     folder = adapter_dir(path, name)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter_tensors(model, name).items()}
-    _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     config = configs[name].to_peft_dict()
     if config["base_model_name_or_path"] is None:
         config["base_model_name_or_path"] = getattr(getattr(model, "config", None), "_name_or_path", None) or None
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    _atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return folder
 
 

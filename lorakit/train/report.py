@@ -7,15 +7,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lorakit.io import atomic_write
+
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Temporary file in the same folder, fsync, rename: a crash leaves the old file or the new, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """A text file written through ``lorakit.io.atomic_write``: a crash leaves the old file or the new."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 class MetricsLog:
