@@ -106,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from lorakit.eval.run import evaluate_contacts, evaluate_loss, summary, write_json
+    from lorakit.eval.run import evaluate_contacts, evaluate_loss, markdown_table, summary, write_json
 
     model, tokenizer = _model_with_adapter(args.model, args.adapter)
     if args.task == "contacts":
@@ -117,7 +117,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise LorakitError("eval --task loss needs --data FILE.jsonl")
         metrics = evaluate_loss(model, tokenizer, args.data, limit=args.limit, batch_size=args.batch_size)
         shown = {k: metrics[k] for k in ("n", "tokens", "loss", "perplexity")}
-    print(_table([shown]))
+    print(markdown_table([shown]))
     if args.output:
         write_json(args.output, metrics)
         print(f"metrics and predictions written to {args.output}")
@@ -176,17 +176,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(output=args.output, base_limit=args.base_limit)
     return 0
-
-
-def _table(rows: Sequence[dict[str, Any]], first: str | None = None) -> str:
-    keys = list(rows[0])
-    cells = [[f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
-    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    line = "  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True))
-    return "\n".join(
-        [line, "  ".join("-" * w for w in widths)]
-        + ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:

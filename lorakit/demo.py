@@ -14,10 +14,8 @@ from pathlib import Path
 import lorakit
 from lorakit.config import TrainConfig
 from lorakit.data.contacts import SYSTEM_PROMPT
-from lorakit.eval.run import evaluate_contacts, prepare_for_inference, summary, write_json
+from lorakit.eval.run import evaluate_contacts, markdown_table, prepare_for_inference, summary, write_json
 from lorakit.train.loop import train
-
-METRICS = ("json_valid", "exact_match", "field_accuracy")
 
 
 def run_demo(output: str | None = None, base_limit: int = 100) -> dict[str, dict[str, float]]:
@@ -41,7 +39,7 @@ def run_demo(output: str | None = None, base_limit: int = 100) -> dict[str, dict
     out = Path(result.output)
     write_json(out / "demo_eval.json", {"base": base, "adapter": tuned})
     rows = {"base model": summary(base), "with adapter": summary(tuned)}
-    table = _table(rows)
+    table = markdown_table([{"model": name, **scores} for name, scores in rows.items()])
     with open(out / "README.md", "a", encoding="utf-8") as card:
         card.write(f"\n## Held-out contacts scores (lorakit demo)\n\n{table}\n")
     minutes = (time.perf_counter() - started) / 60
@@ -55,10 +53,3 @@ def run_demo(output: str | None = None, base_limit: int = 100) -> dict[str, dict
                "Met Ana Souza from Blue Fern Analytics in Lisbon, ana@bluefern.io"]  # fmt: skip
     print(f"try it: {shlex.join(command)}")
     return rows
-
-
-def _table(rows: dict[str, dict[str, float]]) -> str:
-    lines = ["| model | n | json_valid | exact_match | field_accuracy |", "|---|---|---|---|---|"]
-    for name, m in rows.items():
-        lines.append(f"| {name} | {m['n']} | " + " | ".join(f"{m[k]:.3f}" for k in METRICS) + " |")
-    return "\n".join(lines)

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,8 +90,24 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows of metrics as a markdown table (floats to 3 decimals): readable in a terminal and in a model card."""
+    keys = list(rows[0])
+    cells = [[f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
+
+
 def summary(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in ("n", "json_valid", "exact_match", "field_accuracy") if k in metrics}
 
 
-__all__ = ["evaluate_contacts", "evaluate_loss", "prepare_for_inference", "prompt_ids", "summary", "write_json"]
+__all__ = [
+    "evaluate_contacts",
+    "evaluate_loss",
+    "markdown_table",
+    "prepare_for_inference",
+    "prompt_ids",
+    "summary",
+    "write_json",
+]
