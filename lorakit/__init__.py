@@ -24,6 +24,7 @@ from lorakit.adapters import (
 from lorakit.config import LoraConfig
 from lorakit.errors import AdapterError, DataError, LorakitError, ModelError
 from lorakit.io import load_adapter, save_adapter
+from lorakit.mixed import row_adapters
 from lorakit.models import load_model
 
 __version__ = "0.1.0"
@@ -42,6 +43,7 @@ __all__ = [
     "load_adapter",
     "load_model",
     "merge_adapters",
+    "row_adapters",
     "save_adapter",
     "set_adapters",
     "unload",
