@@ -108,8 +108,8 @@ def _row_delta(layer: LoraLayer, stack: _Stack, slots: torch.Tensor) -> Callable
         else:
             flat = x.reshape(rows, -1, x.shape[-1]).to(stack.down.dtype)  # (B, T, in)
             after_down = torch.bmm(flat, stack.down[slots].transpose(1, 2))  # (B, T, r_max)
+        after_down = after_down * stack.scale[slots].view(rows, 1, 1)  # scale the narrow (B, T, r_max) side
         out = torch.bmm(after_down, stack.up[slots])  # (B, T, out)
-        out = out * stack.scale[slots].view(rows, 1, 1)
         return out.reshape(*x.shape[:-1], -1) if not embedding else out.reshape(*x.shape, -1)
 
     return delta
