@@ -178,9 +178,9 @@ def create_app(state: ServerState) -> FastAPI:
     async def chat(request: Request) -> JSONResponse | StreamingResponse:
         body: ChatRequest = parse(ChatRequest, await _json(request))
         adapter = _adapter_of(state, body.model)
-        tokenizer = state.engine.tokenizer
         try:
-            prompt = prompt_ids(tokenizer, body.conversation())
+            with state.engine.tokenizer_lock:
+                prompt = prompt_ids(state.engine.tokenizer, body.conversation())
         except Exception as err:  # a chat template can reject a conversation (e.g. roles out of order)
             raise ApiError(400, f"messages: the chat template rejected them ({err})", "messages") from None
         sampling = _sampling(state, body, prompt)
@@ -205,7 +205,8 @@ def create_app(state: ServerState) -> FastAPI:
         adapter = _adapter_of(state, body.model)
         if isinstance(body.prompt, str) or isinstance(body.prompt[0], str):
             text_in = body.prompt if isinstance(body.prompt, str) else str(body.prompt[0])
-            prompt = list(state.engine.tokenizer(text_in)["input_ids"])
+            with state.engine.tokenizer_lock:
+                prompt = list(state.engine.tokenizer(text_in)["input_ids"])
         else:
             prompt = [int(t) for t in body.prompt]
             vocab = len(state.engine.tokenizer)

@@ -90,6 +90,9 @@ class Engine:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
+        # Fast tokenizers may fail with "Already borrowed" when two threads use one at once: the web layer encodes
+        # prompts while this thread decodes replies, so both hold this lock around tokenizer calls.
+        self.tokenizer_lock = threading.Lock()
         eos = tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -250,7 +253,8 @@ class Engine:
             reason = "stop"
         else:
             request.generated.append(token)
-        text = self.tokenizer.decode(request.generated, skip_special_tokens=True)
+        with self.tokenizer_lock:
+            text = self.tokenizer.decode(request.generated, skip_special_tokens=True)
         cut = min((i for i in (text.find(stop) for stop in s.stop) if i >= 0), default=-1)
         if cut >= 0:
             text, reason = text[:cut], "stop"

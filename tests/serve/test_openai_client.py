@@ -143,6 +143,13 @@ def test_stop_sequence_cuts_the_reply(server: dict[str, Any]) -> None:
     )
     assert cut.choices[0].finish_reason == "stop"
     assert cut.choices[0].message.content == full[: full.find(stop)]
+    chunks = server["client"].chat.completions.create(
+        model="alpha", messages=[{"role": "user", "content": PROMPT}], temperature=0, max_tokens=MAX_NEW, stop=[stop],
+        stream=True,
+    )  # fmt: skip
+    pieces = [(c.choices[0].delta.content or "", c.choices[0].finish_reason) for c in chunks if c.choices]
+    assert "".join(text for text, _ in pieces) == full[: full.find(stop)]  # a stop string is never half-sent
+    assert pieces[-1][1] == "stop"
 
 
 def test_concurrent_requests_get_their_own_adapter(server: dict[str, Any]) -> None:
