@@ -5,7 +5,7 @@
 SmolLM2-135M, float32, four random r=16 all-linear adapters. Forward passes only (inference), no_grad:
 (1) a prefill of ``batch x seq`` tokens and (2) one decode step of ``decode-batch`` rows with a ``seq``-token KV
 cache, the shape a server runs most. Variants alternate within each iteration so machine noise hits them alike;
-medians are reported. Writes bench/results/mixed_adapters.json.
+the best time of each is reported. Writes bench/results/mixed_adapters.json.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import copy
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -109,7 +108,8 @@ def variants(ours: Any, theirs: Any, rows: int) -> dict[str, Callable[[dict[str,
 
 def time_variants(runs: dict[str, Callable[[dict[str, Any]], Any]], make_inputs: Callable[[str], dict[str, Any]],
                   iters: int, warmup: dict[str, Any] | None = None) -> dict[str, float]:  # fmt: skip
-    """Median seconds per call; a first round (on ``warmup`` inputs if given) warms kernels and builds stacks."""
+    """Best seconds per call (the least disturbed by other processes on a shared machine); a first round (on
+    ``warmup`` inputs if given) warms kernels and builds stacks."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
         for step in range(iters + 1):
@@ -119,7 +119,7 @@ def time_variants(runs: dict[str, Callable[[dict[str, Any]], Any]], make_inputs:
                 run(inputs)
                 if step > 0:
                     times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: min(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -168,7 +168,7 @@ def main() -> None:
             rows.append([shape, name, f"{seconds * 1000:.1f}", f"{tokens / seconds:.0f}", f"{single / seconds:.2f}x"])
     print_table(columns, rows)
     notes = ("SmolLM2-135M fp32, four r=16 all-linear adapters with random weights, forward only under no_grad, "
-             f"medians of {args.iters} (prefill, last-position logits) / {args.iters * 3} (decode) alternating rounds. "
+             f"best of {args.iters} (prefill, last-position logits) / {args.iters * 3} (decode) alternating rounds. "
              "'vs lorakit one "
              "adapter' is throughput relative to the usual single-adapter path (>1 is faster). Mixed rows cycle "
              "a0..a3; peft's mixed batch uses its adapter_names argument.")  # fmt: skip

@@ -43,6 +43,7 @@ class _Stack:
     down: torch.Tensor  # Linear: (n+1, r_max, in); Embedding: (n+1, vocab, r_max), i.e. A^T
     up: torch.Tensor  # (n+1, r_max, out)
     scale: torch.Tensor  # (n+1,)
+    names: tuple[str, ...] = ()  # the adapters in slot order, from 1
 
 
 def _factors(layer: LoraLayer, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +83,7 @@ def _build(layer: LoraLayer, key: StackKey) -> _Stack:
                 down[slot, : d.shape[0]] = d
             up[slot, : u.shape[0]] = u
         scale = torch.tensor([0.0] + [layer.scaling[n] for n in names], dtype=dtype, device=device)
-    return _Stack(key, {n: i for i, n in enumerate(names, start=1)}, down, up, scale)
+    return _Stack(key, {n: i for i, n in enumerate(names, start=1)}, down, up, scale, tuple(names))
 
 
 def _stack_of(layer: LoraLayer) -> _Stack:
@@ -92,6 +93,36 @@ def _stack_of(layer: LoraLayer) -> _Stack:
         stack = _build(layer, key)
         layer.__dict__[_STACK_ATTR] = stack
     return stack
+
+
+@dataclass
+class _ModelStacks:
+    """Every LoRA layer's stack, with what it was built from; checked in one pass per block (a server enters
+    a block per decode step, so walking the module tree and comparing per-layer keys each time would cost)."""
+
+    signature: tuple[tuple[str, int], ...]  # (adapter name, id of its config): changes on add/delete
+    layers: list[LoraLayer]
+    stacks: list[_Stack]
+    params: list[torch.Tensor]
+    state: list[tuple[int, int]]  # (data_ptr, version) of each of ``params``
+
+
+def _model_stacks(model: nn.Module) -> _ModelStacks:
+    signature = tuple((name, id(config)) for name, config in adapter_configs(model).items())
+    cached: _ModelStacks | None = model.__dict__.get(_STACK_ATTR)
+    if cached is not None and cached.signature == signature:
+        if [(p.data_ptr(), p._version) for p in cached.params] == cached.state:
+            return cached
+        layers = cached.layers
+    else:
+        layers = [m for _, m in adapter_modules(model) if isinstance(m, LoraLayer)]
+    for layer in layers:
+        _factors(layer, layer.adapter_names[0])  # refuses unsupported layer types before anything is built
+    stacks = [_stack_of(layer) for layer in layers]  # rebuilds only the layers whose weights changed
+    params = [t for layer in layers for name in layer.adapter_names for t in _factors(layer, name)]
+    fresh = _ModelStacks(signature, layers, stacks, params, [(p.data_ptr(), p._version) for p in params])
+    model.__dict__[_STACK_ATTR] = fresh
+    return fresh
 
 
 def _row_delta(layer: LoraLayer, stack: _Stack, slots: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -134,23 +165,22 @@ def row_adapters(model: nn.Module, rows: Sequence[str | None]) -> Iterator[nn.Mo
     """
     rows = list(rows)
     _check(model, rows)
-    layers = [m for _, m in adapter_modules(model) if isinstance(m, LoraLayer)]
-    for layer in layers:
+    built = _model_stacks(model)
+    for layer in built.layers:
         if layer.merged_adapters:
             raise AdapterError("row_adapters: unmerge the adapters first (merged updates apply to every row)")
         if layer.training and any(not isinstance(d, nn.Identity) for d in layer.lora_dropout.values()):
             raise AdapterError("row_adapters is for inference (no LoRA dropout): call model.eval() first")
-    slot_cache: dict[tuple[tuple[str, int], ...], torch.Tensor] = {}  # layers holding the same adapters share
+    slot_cache: dict[tuple[str, ...], torch.Tensor] = {}  # layers holding the same adapters share
     try:
-        for layer in layers:
-            stack = _stack_of(layer)
-            signature = tuple(stack.slots.items())
-            slots = slot_cache.get(signature)
+        for layer, stack in zip(built.layers, built.stacks, strict=True):
+            slots = slot_cache.get(stack.names)
             if slots is None:
                 slots = torch.tensor([stack.slots.get(n, 0) if n else 0 for n in rows], device=stack.down.device)
-                slot_cache[signature] = slots
-            layer.row_delta = _row_delta(layer, stack, slots)
+                slot_cache[stack.names] = slots
+            # Straight into __dict__: nn.Module.__setattr__ costs more than the rest of this loop together.
+            layer.__dict__["row_delta"] = _row_delta(layer, stack, slots)
         yield model
     finally:
-        for layer in layers:
-            layer.row_delta = None
+        for layer in built.layers:
+            layer.__dict__.pop("row_delta", None)  # back to the class default, None

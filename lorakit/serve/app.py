@@ -56,6 +56,7 @@ class ServerState:
         if name == self.base_name or name in adapter_configs(self.model):
             raise ApiError(409, f"an adapter or model named {name!r} is already loaded", "name")
         lorakit.load_adapter(self.model, folder, name)
+        self.model.eval()  # the new LoRA modules start in training mode (their dropout would be on)
         try:
             with row_adapters(self.model, [name]):
                 pass
