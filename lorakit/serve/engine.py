@@ -103,9 +103,16 @@ class Engine:
         self._waiting: deque[Request] = deque()
         self._running: list[Request] = []
         self._cache: Any = None  # the running rows' DynamicCache, (B, heads, L, head_dim) per layer
-        self._mask = torch.zeros(0, 0, dtype=torch.long)  # (B, L): 1 where the cache holds a real token
-        self._positions = torch.zeros(0, dtype=torch.long)  # (B,): position id of each row's next token
-        self._last = torch.zeros(0, dtype=torch.long)  # (B,): each row's latest token, the next step's input
+        self.device = next(model.parameters()).device
+        self._mask = torch.zeros(
+            0, 0, dtype=torch.long, device=self.device
+        )  # (B, L): 1 where the cache holds a real token
+        self._positions = torch.zeros(
+            0, dtype=torch.long, device=self.device
+        )  # (B,): position id of each row's next token
+        self._last = torch.zeros(
+            0, dtype=torch.long, device=self.device
+        )  # (B,): each row's latest token, the next step's input
         self.steps = 0
         self._thread = threading.Thread(target=self._loop, name="lorakit-engine", daemon=True)
         self._thread.start()
@@ -192,6 +199,7 @@ class Engine:
             mask[i, width - len(request.prompt) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): padding does not advance a row's positions
         kwargs = {self._cache_kwarg: None}
+        ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
         logits, cache = self._forward([r.adapter for r in admit], input_ids=ids, attention_mask=mask,
                                       position_ids=positions, **kwargs)  # fmt: skip
         self._join(cache, mask, mask.sum(-1), admit)
@@ -212,11 +220,13 @@ class Engine:
                 old.values = torch.cat([_pad_left(old.values, length, 2), _pad_left(new.values, length, 2)])
             self._mask = torch.cat([_pad_left(self._mask, length, 1), _pad_left(mask, length, 1)])  # (B, L)
         self._positions = torch.cat([self._positions, positions])
-        self._last = torch.cat([self._last, torch.zeros(len(admit), dtype=torch.long)])
+        self._last = torch.cat([self._last, torch.zeros(len(admit), dtype=torch.long, device=self.device)])
 
     def _decode(self) -> None:
         rows = len(self._running)
-        self._mask = torch.cat([self._mask, torch.ones(rows, 1, dtype=torch.long)], dim=1)  # (B, L + 1)
+        self._mask = torch.cat(
+            [self._mask, torch.ones(rows, 1, dtype=torch.long, device=self.device)], dim=1
+        )  # (B, L + 1)
         inputs = {"input_ids": self._last[:, None], "attention_mask": self._mask,
                   "position_ids": self._positions[:, None], self._cache_kwarg: self._cache}  # fmt: skip
         logits, _ = self._forward([r.adapter for r in self._running], **inputs)
@@ -238,7 +248,7 @@ class Engine:
 
     @staticmethod
     def _sample(logits: torch.Tensor, s: Sampling, generator: torch.Generator) -> int:
-        probs = torch.softmax(logits / s.temperature, dim=-1)  # (vocab,)
+        probs = torch.softmax(logits.cpu() / s.temperature, dim=-1)  # (vocab,); on the CPU, as the generator is
         if s.top_p < 1.0:
             sorted_probs, order = probs.sort(descending=True)
             outside = sorted_probs.cumsum(-1) - sorted_probs > s.top_p  # keep the smallest set reaching top_p
@@ -287,7 +297,7 @@ class Engine:
             self._cache = None
             self._mask, self._positions, self._last = self._mask[:0, :0], self._positions[:0], self._last[:0]
             return
-        index = torch.tensor(keep)
+        index = torch.tensor(keep, device=self.device)
         self._mask, self._positions, self._last = self._mask[index], self._positions[index], self._last[index]
         start = int(self._mask.any(0).long().argmax())  # columns before it are padding in every remaining row
         self._mask = self._mask[:, start:]
