@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lorakit.adapters import adapter_configs, adapter_modules
@@ -126,8 +127,19 @@ def _model_stacks(model: nn.Module) -> _ModelStacks:
 
 
 def _row_delta(layer: LoraLayer, stack: _Stack, slots: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The layer's hook: ``x`` (B, ..., in) -> the per-row LoRA update (B, ..., out)."""
+    """The layer's hook: ``x`` (B, ..., in) -> the per-row LoRA update (B, ..., out).
+
+    Two equivalent ways, picked by shape. Gathered (prefill): each row's own A and B are gathered from the stack
+    and applied with ``bmm``; the copies cost B * r_max * (in + out), nothing next to B * T tokens of activations.
+    Masked (decode, few tokens per row): every row goes through all slots at once as one rank-(n+1)*r_max LoRA,
+    ``(x down_all^T * mask) up_all``, where ``mask`` keeps only the row's own slot (times its scaling) and zeroes
+    the rest exactly; the weights are read once instead of copied per row, at (n+1) times the (tiny) LoRA FLOPs.
+    """
     embedding = isinstance(layer, Embedding)
+    n_slots, r_max = stack.scale.shape[0], stack.up.shape[1]
+    down_all = stack.down.reshape(n_slots * r_max, -1)  # ((n+1) r_max, in); Embedding never takes this path
+    up_all = stack.up.reshape(n_slots * r_max, -1)  # ((n+1) r_max, out)
+    keep = F.one_hot(slots, n_slots).to(stack.scale.dtype) * stack.scale  # (B, n+1): the row's slot and scaling
 
     def delta(x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != slots.shape[0]:
@@ -135,9 +147,14 @@ def _row_delta(layer: LoraLayer, stack: _Stack, slots: torch.Tensor) -> Callable
         rows = x.shape[0]
         if embedding:
             after_down = stack.down[slots.view(-1, *([1] * (x.dim() - 1))), x]  # (B, ..., r_max)
-            after_down = after_down.reshape(rows, -1, stack.down.shape[-1])  # (B, T, r_max)
+            after_down = after_down.reshape(rows, -1, r_max)  # (B, T, r_max)
         else:
             flat = x.reshape(rows, -1, x.shape[-1]).to(stack.down.dtype)  # (B, T, in)
+            if flat.shape[1] * n_slots <= 2 * rows:  # decode-like: masked
+                after_all = (flat @ down_all.T).view(rows, -1, n_slots, r_max)  # (B, T, n+1, r_max)
+                after_all = after_all * keep.view(rows, 1, n_slots, 1)
+                out = after_all.flatten(2) @ up_all  # (B, T, out)
+                return out.reshape(*x.shape[:-1], -1)
             after_down = torch.bmm(flat, stack.down[slots].transpose(1, 2))  # (B, T, r_max)
         after_down = after_down * stack.scale[slots].view(rows, 1, 1)  # scale the narrow (B, T, r_max) side
         out = torch.bmm(after_down, stack.up[slots])  # (B, T, out)

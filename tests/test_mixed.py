@@ -47,9 +47,10 @@ def _alone(model: torch.nn.Module, ids: torch.Tensor, rows: list[str | None]) ->
     return torch.cat(outs)
 
 
-def test_each_row_equals_its_adapter_alone() -> None:
+@pytest.mark.parametrize("length", [7, 1])  # 1: the decode shape, which takes the masked path
+def test_each_row_equals_its_adapter_alone(length: int) -> None:
     model = _with_adapters(tiny_llama())
-    ids = _ids(len(ROWS))
+    ids = _ids(len(ROWS), length)
     with torch.no_grad():
         expected = _alone(model, ids, ROWS)
         lorakit.set_adapters(model, ["b"])
