@@ -301,6 +301,8 @@ class TrainConfig:
     """Continue from the newest checkpoint in ``output``."""
     overwrite: bool = False
     """Allow writing into an output folder that holds a finished run."""
+    trust_remote_code: bool = False
+    """Let the model folder run its own Python code (its config's auto_map); only for models you trust."""
 
     def __post_init__(self) -> None:
         positive = ("r", "batch_size", "grad_accum", "seq_len")

@@ -28,7 +28,7 @@ from lorakit.adapters import (
     set_adapters,
 )
 from lorakit.config import LoraConfig
-from lorakit.errors import AdapterError
+from lorakit.errors import AdapterError, DiskFullError, is_disk_full
 from lorakit.layers import LoraLayer
 
 PREFIX = "base_model.model."
@@ -74,16 +74,26 @@ def _is_peft_artifact(key: str) -> bool:
 
 
 def atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """``write(temporary_path)`` in the same folder, fsync, then rename: a crash leaves the old file or the new."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    """``write(temporary_path)`` in the same folder, fsync, then rename: a crash leaves the old file or the new.
+
+    A full disk raises ``DiskFullError`` (one line for the user) and leaves the old file as it was.
+    """
+    tmp: str | None = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except Exception as err:  # safetensors wraps the OSError in an exception type of its own
+        if is_disk_full(err):
+            raise DiskFullError(
+                f"{path}: no room left on the device to write it (any previous file is untouched)"
+            ) from None
+        raise
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 

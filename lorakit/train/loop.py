@@ -32,7 +32,7 @@ from lorakit.data.tokenize import TokenizedExample, tokenize_dataset
 from lorakit.errors import LorakitError
 from lorakit.io import save_adapter
 from lorakit.models import BUILTIN_NAME, load_model
-from lorakit.train.checkpoint import clean_temporary, list_checkpoints, load_checkpoint, save_checkpoint
+from lorakit.train.checkpoint import check_room, clean_temporary, list_checkpoints, load_checkpoint, save_checkpoint
 from lorakit.train.loss import token_loss_sum
 from lorakit.train.optim import build_optimizer, schedule
 from lorakit.train.report import MetricsLog, model_card, plot_loss, write_text_atomic
@@ -40,7 +40,9 @@ from lorakit.train.report import MetricsLog, model_card, plot_loss, write_text_a
 CONFIG_FILE = "train_config.json"
 SUMMARY_FILE = "train_summary.json"  # written last: its presence means the run finished
 # Fields a resumed run may change; any other difference means a different run.
-RESUMABLE_CHANGES = {"resume", "overwrite", "output", "max_steps", "epochs", "save_every", "eval_every"}
+RESUMABLE_CHANGES = {
+    "resume", "overwrite", "output", "max_steps", "epochs", "save_every", "eval_every", "trust_remote_code",
+}  # fmt: skip
 
 
 @dataclass
@@ -65,9 +67,14 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
 
 
+def output_path(config: TrainConfig) -> Path:
+    """``--output``, or ``runs/<timestamp>`` when it is not given."""
+    return Path(config.output or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+
+
 def prepare_output(config: TrainConfig) -> Path:
     """Create (or check) the output folder before any compute is spent; refuse to clobber a finished run."""
-    output = Path(config.output or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    output = output_path(config)
     finished = (output / SUMMARY_FILE).exists()
     if finished and not (config.overwrite or config.resume):
         raise LorakitError(f"{output}: already holds a finished run; pass --overwrite to replace it or --resume")
@@ -151,7 +158,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     # ---- data (checked before the model is loaded: a broken line fails fast), model, tokens
     data_source, records = read_dataset(config.data)
     eval_records = read_dataset(config.eval_data)[1] if config.eval_data else []
-    model, tokenizer = load_model(config.model)
+    model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
     device = next(model.parameters()).device
     autocast = resolve_precision(config.precision, device)
     examples, stats = tokenize_dataset(tokenizer, records, config.seq_len, path=data_source)
@@ -176,6 +183,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     add_adapter(model, lora)
     trainable, total = count_parameters(model)
     optimizer = build_optimizer(model, config)
+    adapter_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    check_room(output, adapter_bytes, checkpoints=config.save_every > 0)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * batches.per_epoch / config.grad_accum))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, total_steps))
     _log(
