@@ -13,6 +13,7 @@ import difflib
 import functools
 import inspect
 import itertools
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -101,7 +102,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lorakit.train.loop import train
 
     result = train(train_config_from(args))
-    print(f"adapter, loss.png, metrics.jsonl and README.md in {result.output}/")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 wrote them
+        print(f"adapter, loss.png, metrics.jsonl and README.md in {result.output}/")
     return 0
 
 

@@ -301,6 +301,8 @@ class TrainConfig:
     """Continue from the newest checkpoint in ``output``."""
     overwrite: bool = False
     """Allow writing into an output folder that holds a finished run."""
+    fsdp: bool = False
+    """Under torchrun: shard the frozen base across processes with FSDP2 (default: DDP, a full copy each)."""
 
     def __post_init__(self) -> None:
         positive = ("r", "batch_size", "grad_accum", "seq_len")
@@ -329,6 +331,8 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{_flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.fsdp and (self.save_every or self.resume):
+            raise ValueError("--fsdp does not write checkpoints yet: drop --save-every and --resume, or use DDP")
         if not isinstance(self.target_modules, str) or not self.target_modules.strip():
             raise ValueError(
                 f"--target-modules must be a comma list, a regex or all-linear, got {self.target_modules!r}"
