@@ -191,9 +191,9 @@ class Processes:
             return (
                 f"1 process; batch {batch_size} x {grad_accum} accumulation = {batch_size * grad_accum} examples/step"
             )
-        params = list(model.parameters())
-        lora = sum(p.numel() * 4 for p in params if p.requires_grad)  # fp32 gradients
-        full = sum(p.numel() * 4 for p in params)
+        named = list(model.named_parameters())  # tied weights once
+        lora = sum(p.numel() * 4 for _, p in named if p.requires_grad)  # fp32 gradients
+        full = sum(p.numel() * 4 for n, p in named if "lora_" not in n)  # every base weight trainable instead
         kind = "FSDP2 (base sharded), reduce-scatters" if self.fsdp else "DDP, all-reduces"
         return (
             f"{self.world} processes ({self.backend}); global batch {batch_size} x {self.world} processes x "
