@@ -18,6 +18,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from lorakit.data.batching import collate
 from lorakit.data.tokenize import TokenizedExample
 from lorakit.errors import LorakitError
+from lorakit.train.checkpoint import rng_state, set_rng_state
 from lorakit.train.loss import IGNORE_INDEX, token_loss_sum
 from lorakit.train.report import MetricsLog
 
@@ -115,9 +117,14 @@ class Processes:
 
     # ---- model
     def wrap(self, model: nn.Module) -> nn.Module:
-        """The module to call for a batch's loss sum: the model's LossModule, under DDP or FSDP2 when N > 1."""
+        """The module to call for a batch's loss sum: the model's LossModule, under DDP or FSDP2 when N > 1.
+
+        Call it after the adapter is initialised (the same on every rank): from here on each rank draws its own
+        dropout masks (seed + rank), as one process would draw different masks for different rows.
+        """
         if self.world == 1:
             return LossModule(model)
+        torch.manual_seed(torch.initial_seed() + self.rank)
         model.to(self._device())
         if self.fsdp:
             from torch.distributed.fsdp import fully_shard
@@ -152,6 +159,26 @@ class Processes:
             module.set_requires_gradient_sync(False)  # type: ignore[operator]
             return contextlib.nullcontext()
         return module.no_sync()  # type: ignore[operator]
+
+    # ---- checkpoints
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """What a checkpoint records about the processes: their number and each rank's RNG state (a collective:
+        every rank calls it, rank 0 writes it)."""
+        if self.world == 1:
+            return {}
+        states: list[Any] = [None] * self.world
+        dist.all_gather_object(states, rng_state())
+        return {"processes": self.world, "rng_ranks": states}
+
+    def resumed(self, folder: Path, extra: dict[str, Any]) -> None:
+        """Check a checkpoint was written by as many processes as now run, and restore this rank's RNG state."""
+        if extra.get("processes", 1) != self.world:
+            raise LorakitError(
+                f"{folder}: written by {extra.get('processes', 1)} processes, resumed with "
+                f"{self.world}; the global batch would change (--batch-size is per process)"
+            )
+        if self.world > 1:
+            set_rng_state(extra["rng_ranks"][self.rank])
 
     @contextlib.contextmanager
     def full_params(self, module: nn.Module) -> Iterator[None]:

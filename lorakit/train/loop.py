@@ -201,9 +201,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     if checkpoints:
         state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
         start_step = state["step"]
-        if state["extra"].get("processes", 1) != procs.world:
-            raise LorakitError(f"{checkpoints[-1]}: written by {state['extra'].get('processes', 1)} processes, "
-                               f"resumed with {procs.world}; the global batch would change")  # fmt: skip
+        procs.resumed(checkpoints[-1], state["extra"])
         if start_step >= total_steps and (output / SUMMARY_FILE).exists():
             raise LorakitError(
                 f"{output}: the run already reached step {start_step} of {total_steps}; raise --max-steps to train on"
@@ -260,9 +258,10 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             eval_loss = mean_token_loss(model, eval_batches, autocast, procs.eval_module(forward))
             metrics.write({"kind": "eval", "step": step + 1, "eval_loss": round(eval_loss, 5)})
             _log(f"step {step + 1}: eval loss {eval_loss:.4f}")
-        if config.save_every and ((step + 1) % config.save_every == 0 or step + 1 == total_steps) and procs.is_main:
-            extra = {"processes": procs.world}  # the last checkpoint lets --resume extend a run
-            save_checkpoint(output, model, optimizer, scheduler, step + 1, extra)
+        if config.save_every and ((step + 1) % config.save_every == 0 or step + 1 == total_steps):
+            extra = procs.checkpoint_extra()  # under torchrun: every rank's RNG state
+            if procs.is_main:  # the last checkpoint lets --resume extend a run
+                save_checkpoint(output, model, optimizer, scheduler, step + 1, extra)
     bar.close()
     train_seconds = time.perf_counter() - loop_start
 

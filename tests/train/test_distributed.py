@@ -20,7 +20,10 @@ from safetensors.torch import load_file
 
 import lorakit
 from lorakit.config import TrainConfig
+from lorakit.data.tokenize import TokenizedExample
+from lorakit.errors import LorakitError
 from lorakit.train import loop
+from lorakit.train.distributed import Processes
 
 REPO = Path(__file__).resolve().parents[2]
 COMMON = dict(max_steps=3, lr=3e-3, warmup_steps=1, precision="fp32", seq_len=256, r=4, lora_alpha=8,
@@ -93,25 +96,50 @@ def test_two_processes_train_the_adapter_of_one_process_with_the_global_batch(
         assert f"all-reduced {trainable:,} bytes of gradients per step (measured)" in log
 
 
-def test_two_processes_accumulate_and_resume(tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path) -> None:
-    """Batch 1 x 2 processes x 2 micro-batches equals 1 process with batch 2 x 2; resuming it from its step-2
-    checkpoint (with 2 processes) ends with the same adapter again."""
+def test_two_processes_accumulate_like_one_process(tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path) -> None:
+    """Batch 1 x 2 processes x 2 micro-batches (gradients synced after the second only) = 1 process, 2 x 2."""
     single = TrainConfig(model=str(tiny_model_dir), data=str(small_chat_data), output=str(tmp_path / "one"),
                          batch_size=2, grad_accum=2, **COMMON)  # type: ignore[arg-type]  # fmt: skip
     expected = loop.train(single, progress=False).output
+    _torchrun(2, tiny_model_dir, small_chat_data, tmp_path / "two", batch_size=1, grad_accum=2)
+    _assert_same_and_trained(expected, tmp_path / "two", tiny_model_dir)
+
+
+def test_two_processes_resume_to_the_adapter_of_an_uninterrupted_run(
+    tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path
+) -> None:
+    """With dropout, so each rank's own RNG state must come back from the checkpoint."""
     out = tmp_path / "two"
-    flags = dict(batch_size=1, grad_accum=2, save_every=2)
+    flags = dict(batch_size=2, save_every=2, lora_dropout=0.1)
     _torchrun(2, tiny_model_dir, small_chat_data, out, **flags)
-    _assert_same_and_trained(expected, out, tiny_model_dir)
     uninterrupted = _weights(out)
 
     # As if killed after the step-2 checkpoint: the step-3 checkpoint, adapter and summary never written.
     shutil.rmtree(out / "checkpoints" / "step-000003")
     for name in ("adapter_model.safetensors", "train_summary.json"):
         (out / name).unlink()
+    cfg = TrainConfig(model=str(tiny_model_dir), data=str(small_chat_data), output=str(out), resume=True,
+                      **{**COMMON, **flags})  # type: ignore[arg-type]  # fmt: skip
+    with pytest.raises(LorakitError, match="written by 2 processes, resumed with 1"):
+        loop.train(cfg, progress=False)
     log = _torchrun(2, tiny_model_dir, small_chat_data, out, **flags, resume=True)
     assert "at step 2" in log
     resumed = _weights(out)
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in resumed), "resumed = uninterrupted"
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3], "no step lost, none twice"
+
+
+@pytest.mark.parametrize("rows", [7, 2, 1])
+def test_rank_slices_cover_a_global_batch_once(rows: int) -> None:
+    examples = [TokenizedExample(input_ids=[5, 6, 7 + i], labels=[-100, 6, 7 + i]) for i in range(rows)]
+    order = list(range(rows))[::-1]
+    parts = [Processes(rank=k, world=3).part(order) for k in range(3)]
+    assert [row for part in parts for row in part] == order, "contiguous slices, in order, each row once"
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    for k, part in enumerate(parts):
+        batch = Processes(rank=k, world=3).batch(examples, order, pad_id=0)
+        if part:
+            assert batch["input_ids"][:, 2].tolist() == [7 + i for i in part]
+        else:  # nothing left for this rank: one row that joins the all-reduce with no label to learn
+            assert batch["input_ids"].shape[0] == 1 and (batch["labels"] == -100).all()
