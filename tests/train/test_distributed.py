@@ -60,10 +60,10 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def reference(tiny_model_dir: Path, small_chat_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One process, batch 4: the adapter two processes with batch 2 each must reproduce."""
+    """One process, batch 4: the adapter (and losses) two processes with batch 2 each must reproduce."""
     output = tmp_path_factory.mktemp("one-process")
     cfg = TrainConfig(model=str(tiny_model_dir), data=str(small_chat_data), output=str(output), batch_size=4,
-                      **COMMON)  # type: ignore[arg-type]  # fmt: skip
+                      eval_data=str(small_chat_data), eval_every=2, **COMMON)  # type: ignore[arg-type]  # fmt: skip
     return loop.train(cfg, progress=False).output
 
 
@@ -82,15 +82,17 @@ def _assert_same_and_trained(reference: Path, got: Path, model_dir: Path) -> Non
 def test_two_processes_train_the_adapter_of_one_process_with_the_global_batch(
     fsdp: bool, reference: Path, tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path
 ) -> None:
-    log = _torchrun(2, tiny_model_dir, small_chat_data, tmp_path / "run", batch_size=2, fsdp=fsdp)
+    log = _torchrun(2, tiny_model_dir, small_chat_data, tmp_path / "run", batch_size=2, fsdp=fsdp,
+                    eval_data=small_chat_data, eval_every=2)  # fmt: skip
     _assert_same_and_trained(reference, tmp_path / "run", tiny_model_dir)
     assert "global batch 2 x 2 processes x 1 accumulation = 4 examples/step" in log
     assert json.loads((tmp_path / "run" / "adapter_config.json").read_text())["r"] == 4
-    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3], "rank 0 alone writes the metrics"
-    ref_loss = [json.loads(line)["loss"] for line in (reference / "metrics.jsonl").read_text().splitlines()]
-    loss = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert loss == pytest.approx(ref_loss, abs=1e-4), "the logged loss is over all ranks' tokens"
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    expected = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["step"]) for r in records] == [(r["kind"], r["step"]) for r in expected], "rank 0 writes"
+    for got, ref in zip(records, expected, strict=True):  # over all ranks' tokens, not a mean of rank means
+        assert got.get("loss", got.get("eval_loss")) == pytest.approx(ref.get("loss", ref.get("eval_loss")), abs=1e-4)
+        assert got.get("tokens") == ref.get("tokens")
     if not fsdp:
         trainable = sum(v.numel() * 4 for v in _weights(reference).values())
         assert f"all-reduced {trainable:,} bytes of gradients per step (measured)" in log
