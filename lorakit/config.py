@@ -302,7 +302,7 @@ class TrainConfig:
     overwrite: bool = False
     """Allow writing into an output folder that holds a finished run."""
     fsdp: bool = False
-    """Under torchrun: shard the frozen base across processes with FSDP2 (default: DDP, a full copy each)."""
+    """Under torchrun: shard the frozen base across processes with FSDP2 (default: DDP; no effect in 1 process)."""
 
     def __post_init__(self) -> None:
         positive = ("r", "batch_size", "grad_accum", "seq_len")
