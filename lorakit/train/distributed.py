@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -64,7 +64,8 @@ class Processes:
     owns_group: bool = False
     bytes_reduced: int = 0
     """Gradient bytes this rank has handed to all-reduce so far (counted by the DDP hook)."""
-    backend: str = field(default="none")
+    backend: str = "none"
+    """"gloo" or "nccl" under torchrun."""
 
     @property
     def is_main(self) -> bool:
