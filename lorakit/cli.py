@@ -13,6 +13,7 @@ import difflib
 import functools
 import inspect
 import itertools
+import os
 import shutil
 import sys
 import textwrap
@@ -102,16 +103,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lorakit.train.loop import CONFIG_FILE, output_path, train
 
     config = train_config_from(args)
-    output = output_path(config)
-    fresh = not output.exists()
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 writes the run's files
+    if config.output is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        config = dataclasses.replace(config, output=str(output_path(config)))
+    output = Path(config.output) if config.output else None
+    fresh = output is not None and not output.exists()
     try:
-        result = train(dataclasses.replace(config, output=str(output)))
+        result = train(config)
     except LorakitError:
         # A mistake found before training wrote anything of value leaves no folder behind.
-        if fresh and output.is_dir() and {p.name for p in output.iterdir()} <= {CONFIG_FILE}:
+        if (
+            main_process
+            and fresh
+            and output
+            and output.is_dir()
+            and {p.name for p in output.iterdir()} <= {CONFIG_FILE}
+        ):
             shutil.rmtree(output, ignore_errors=True)
         raise
-    print(f"adapter, loss.png, metrics.jsonl and README.md in {result.output}/")
+    if main_process:
+        print(f"adapter, loss.png, metrics.jsonl and README.md in {result.output}/")
     return 0
 
 

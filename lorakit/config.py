@@ -303,6 +303,8 @@ class TrainConfig:
     """Allow writing into an output folder that holds a finished run."""
     trust_remote_code: bool = False
     """Let the model folder run its own Python code (its config's auto_map); only for models you trust."""
+    fsdp: bool = False
+    """Under torchrun: shard the frozen base across processes with FSDP2 (default: DDP; no effect in 1 process)."""
 
     def __post_init__(self) -> None:
         positive = ("r", "batch_size", "grad_accum", "seq_len")
@@ -331,6 +333,8 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{_flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.fsdp and (self.save_every or self.resume):
+            raise ValueError("--fsdp does not write checkpoints yet: drop --save-every and --resume, or use DDP")
         if not isinstance(self.target_modules, str) or not self.target_modules.strip():
             raise ValueError(
                 f"--target-modules must be a comma list, a regex or all-linear, got {self.target_modules!r}"
