@@ -27,7 +27,7 @@ from lorakit.adapters import (
     mark_trainable,
     set_adapters,
 )
-from lorakit.config import LoraConfig
+from lorakit.config import AdapterConfig, config_from_peft_dict
 from lorakit.errors import AdapterError
 from lorakit.layers import LoraLayer
 
@@ -44,9 +44,11 @@ def adapter_tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for path, module in adapter_modules(model):
         if isinstance(module, LoraLayer):
-            if name not in module.r:
+            if name not in module.adapter_names:
                 continue
             for attr in module.adapter_param_names:
+                if name not in getattr(module, attr):
+                    continue  # e.g. no magnitude vector for a plain LoRA adapter beside a DoRA one
                 entry = getattr(module, attr)[name]
                 if isinstance(entry, nn.Module):
                     for param_name, param in entry.named_parameters():
@@ -58,7 +60,7 @@ def adapter_tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
                 out[f"{PREFIX}{path}.{param_name}"] = param
     if config.bias != "none":
         # Biases are shared by all adapters and keep their in-memory names, ``base_layer`` included (as peft).
-        lora_paths = {p for p, m in adapter_modules(model) if isinstance(m, LoraLayer) and name in m.r}
+        lora_paths = {p for p, m in adapter_modules(model) if isinstance(m, LoraLayer) and name in m.adapter_names}
         for param_name, param in model.named_parameters():
             if not param_name.endswith("bias") or _is_peft_artifact(param_name) or "lora_" in param_name:
                 continue
@@ -109,7 +111,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str], name: str = DEF
     return folder
 
 
-def read_adapter_config(folder: Path) -> LoraConfig:
+def read_adapter_config(folder: Path) -> AdapterConfig:
     file = folder / CONFIG_NAME
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
@@ -118,7 +120,7 @@ def read_adapter_config(folder: Path) -> LoraConfig:
     if not isinstance(data, dict):
         raise AdapterError(f"{file}: expected a JSON object")
     try:
-        return LoraConfig.from_peft_dict(data, source=str(file))
+        return config_from_peft_dict(data, source=str(file))
     except ValueError as err:
         raise AdapterError(str(err)) from None
 
