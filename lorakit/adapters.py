@@ -65,6 +65,8 @@ def add_adapter(model: nn.Module, config: AdapterConfig, name: str = "default") 
     targets = select_modules(model, config)
     for module_name in targets:
         module = model.get_submodule(module_name)
+        if isinstance(config, IA3Config) and isinstance(module, LoraLayer) and not isinstance(module, IA3Linear):
+            raise AdapterError(f"{module_name} already carries a LoRA adapter; LoRA and IA3 cannot share a layer")
         if isinstance(config, IA3Config) and not (is_linear_like(module) or isinstance(module, IA3Linear)):
             raise AdapterError(
                 f"target module {module_name!r} is a {type(module).__name__}; lorakit adds IA3 to Linear and "
