@@ -71,8 +71,9 @@ def test_peft_saves_lorakit_loads(name: str, factory: Callable[[], nn.Module], k
     torch.testing.assert_close(_logits(ours, x), expected, atol=1e-5, rtol=0)
     # Same tensors under the same keys and shapes as peft wrote them.
     lorakit.save_adapter(ours, tmp_path / "again")
-    mine, want = load_file(tmp_path / "again" / "adapter_model.safetensors"), load_file(
-        tmp_path / "adapter_model.safetensors"
+    mine, want = (
+        load_file(tmp_path / "again" / "adapter_model.safetensors"),
+        load_file(tmp_path / "adapter_model.safetensors"),
     )
     assert mine.keys() == want.keys()
     for key, value in want.items():
