@@ -21,6 +21,7 @@ from lorakit.adapters import (
     unload,
     unmerge_adapters,
 )
+from lorakit.combine import combine_adapters
 from lorakit.config import IA3Config, LoraConfig
 from lorakit.errors import AdapterError, DataError, LorakitError, ModelError
 from lorakit.io import load_adapter, save_adapter
@@ -37,6 +38,7 @@ __all__ = [
     "ModelError",
     "__version__",
     "add_adapter",
+    "combine_adapters",
     "count_parameters",
     "delete_adapter",
     "disable_adapters",
