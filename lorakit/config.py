@@ -338,6 +338,8 @@ def _pattern_value(pattern: dict[str, Any], module_name: str, default: Any) -> A
 
 
 Precision = Literal["auto", "fp32", "bf16"]
+Method = Literal["lora", "dora", "ia3"]
+METHODS: tuple[str, ...] = ("lora", "dora", "ia3")
 Schedule = Literal["cosine", "linear", "constant"]
 
 
@@ -356,8 +358,8 @@ class TrainConfig:
     """Held-out JSONL for the eval loss (``eval_every``); None for none."""
     output: str | None = None
     """Output folder; None for ``runs/<timestamp>``."""
-    method: Literal["lora"] = "lora"
-    """Fine-tuning method."""
+    method: Method = "lora"
+    """Fine-tuning method: lora, dora (magnitude + direction), ia3 (scaling vectors; uses lr as given)."""
     r: int = 16
     """LoRA rank."""
     lora_alpha: float = 32
@@ -423,7 +425,7 @@ class TrainConfig:
             raise ValueError(f"--lora-dropout must be a number in [0, 1), got {self.lora_dropout!r}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"--lora-dropout must be a number in [0, 1), got {self.lora_dropout!r}")
-        choices = {"method": ("lora",), "lr_schedule": ("cosine", "linear", "constant"),
+        choices = {"method": METHODS, "lr_schedule": ("cosine", "linear", "constant"),
                    "precision": ("auto", "fp32", "bf16")}  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -443,6 +445,21 @@ class TrainConfig:
             task_type="CAUSAL_LM",
         )  # fmt: skip
 
+    def adapter_config(self) -> AdapterConfig:
+        """The adapter config ``--method`` and the adapter flags describe (the one place methods are told apart)."""
+        if self.method == "dora":
+            return dataclasses.replace(self.lora_config(), use_dora=True)
+        if self.method == "ia3":
+            # all-linear (the default) means peft's IA3 targets for the model type: keys, values, down projection.
+            targets = self.lora_config().target_modules
+            if targets == "all-linear":
+                return IA3Config(task_type="CAUSAL_LM")
+            feedforward = (
+                tuple(t for t in targets if t.endswith(_FEEDFORWARD_NAMES)) if isinstance(targets, tuple) else None
+            )
+            return IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type="CAUSAL_LM")
+        return self.lora_config()
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
         """Strict: keys are flag names (``lora-alpha`` or ``lora_alpha``); an unknown one suggests the closest."""
@@ -459,6 +476,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# Names of feed-forward output projections, whose *input* IA3 scales (llama/mistral/qwen, GPT-2, OPT, Mixtral).
+_FEEDFORWARD_NAMES = ("down_proj", "mlp.c_proj", "fc2", "w2")
 
 
 def _flag(name: str) -> str:

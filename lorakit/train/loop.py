@@ -172,15 +172,15 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     # ---- adapter, optimiser, schedule
     torch.manual_seed(config.seed)
     base_name = config.model or BUILTIN_NAME
-    lora = dataclasses.replace(config.lora_config(), base_model_name_or_path=base_name)
-    add_adapter(model, lora)
+    adapter = dataclasses.replace(config.adapter_config(), base_model_name_or_path=base_name)
+    add_adapter(model, adapter)
     trainable, total = count_parameters(model)
     optimizer = build_optimizer(model, config)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * batches.per_epoch / config.grad_accum))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, total_steps))
     _log(
-        f"LoRA r={config.r} alpha={config.lora_alpha} on {config.target_modules}: {trainable:,} trainable of "
-        f"{total:,} parameters ({100 * trainable / total:.2f}%); {total_steps} steps of "
+        f"{config.method} r={config.r} alpha={config.lora_alpha} on {config.target_modules}: "
+        f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); {total_steps} steps of "
         f"{config.batch_size} x {config.grad_accum} examples; precision {autocast or 'fp32'}; "
         f"padding {100 * waste:.0f}% of tokens"
     )
