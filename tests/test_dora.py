@@ -171,3 +171,22 @@ def test_merged_dora_matches_peft_merge() -> None:
 def test_dora_refuses_embeddings() -> None:
     with pytest.raises(lorakit.AdapterError, match="use_dora"):
         lorakit.add_adapter(tiny_llama(), lorakit.LoraConfig(target_modules=["embed_tokens"], use_dora=True))
+
+
+def test_training_forward_with_dropout_matches_peft() -> None:
+    """With dropout the base term sees the dropped-out input too (peft's behaviour); same seed, same masks."""
+    base, x = tiny_llama(), _ids()
+    kwargs = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.3}
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(**kwargs, use_dora=True, init_lora_weights=False))
+    _perturb_magnitudes(theirs)
+    ours = lorakit.add_adapter(copy.deepcopy(base), lorakit.LoraConfig(**kwargs, use_dora=True))
+    ours.load_state_dict({_our_key(k): v for k, v in theirs.state_dict().items()}, strict=True)
+    theirs.train()
+    ours.train()
+    torch.manual_seed(11)
+    want = theirs(x).logits
+    torch.manual_seed(11)
+    got = ours(x).logits
+    torch.manual_seed(12)
+    assert (ours(x).logits - got).abs().max() > 1e-4, "dropout is on"
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
