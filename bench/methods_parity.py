@@ -9,6 +9,7 @@ shows by how much (|adapted - base|), for scale. Writes bench/results/methods_pa
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import platform
@@ -42,8 +43,14 @@ def _perturb(model: nn.Module, seed: int = 1) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--layers", type=int, default=0, help="keep only the first N decoder layers (0 = all 30)")
+    args = parser.parse_args()
     torch.manual_seed(0)
     base, tokenizer = lorakit.load_model()
+    if args.layers:  # the real weights of the first layers: same maths per layer, a shorter run on a busy CPU
+        base.model.layers = base.model.layers[: args.layers]
+        base.config.num_hidden_layers = args.layers
     ids = tokenizer("Name: Ada Lovelace, phone +44 20 7946 0958, email ada@example.org.", return_tensors="pt").input_ids
     plain = _logits(base, ids)
     rows: list[list[object]] = []
@@ -104,11 +111,12 @@ def main() -> None:
     RESULTS.write_text(json.dumps({
         "name": "methods_parity",
         "title": "lorakit vs peft: largest logit difference on SmolLM2-135M (fp32)",
-        "command": "python -m bench.methods_parity",
+        "command": "python -m bench.methods_parity" + (f" --layers {args.layers}" if args.layers else ""),
         "machine": f"{platform.machine()}, torch {torch.__version__}, peft {peft.__version__}",
         "columns": columns,
         "rows": rows,
-        "notes": f"one prompt of {ids.shape[1]} tokens; adapters on {', '.join(TARGETS)} (IA3: peft's defaults) "
+        "notes": f"{len(base.model.layers)} decoder layers; one prompt of {ids.shape[1]} tokens; adapters on "
+        f"{', '.join(TARGETS)} (IA3: peft's defaults) "
         "with random non-trivial weights; the last column shows how much the adapter changes the logits.",
     }, indent=2) + "\n")  # fmt: skip
 
