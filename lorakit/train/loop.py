@@ -188,8 +188,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     # ---- adapter, optimiser, schedule
     torch.manual_seed(config.seed)
     base_name = config.model or BUILTIN_NAME
-    lora = dataclasses.replace(config.lora_config(), base_model_name_or_path=base_name)
-    add_adapter(model, lora)
+    adapter = dataclasses.replace(config.adapter_config(), base_model_name_or_path=base_name)
+    add_adapter(model, adapter)
     trainable, total = count_parameters(model)
     forward = procs.wrap(model)  # batch -> loss sum; under DDP/FSDP2 it syncs the adapter gradients
     optimizer = build_optimizer(model, config)
@@ -198,9 +198,9 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * batches.per_epoch / config.grad_accum))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, total_steps))
     _log(
-        f"LoRA r={config.r} alpha={config.lora_alpha} on {config.target_modules}: {trainable:,} trainable of "
-        f"{total:,} parameters ({100 * trainable / total:.2f}%); {total_steps} steps; precision "
-        f"{autocast or 'fp32'}; padding {100 * waste:.0f}% of tokens"
+        f"{config.method}{'' if config.method == 'ia3' else f' r={config.r} alpha={config.lora_alpha}'} on "
+        f"{config.target_modules}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); "
+        f"{total_steps} steps; precision {autocast or 'fp32'}; padding {100 * waste:.0f}% of tokens"
     )
     _log(procs.describe(model, config.batch_size, config.grad_accum))
 
