@@ -21,7 +21,8 @@ from lorakit.adapters import (
     unload,
     unmerge_adapters,
 )
-from lorakit.config import LoraConfig
+from lorakit.combine import combine_adapters
+from lorakit.config import IA3Config, LoraConfig
 from lorakit.errors import AdapterError, DataError, LorakitError, ModelError
 from lorakit.io import load_adapter, save_adapter
 from lorakit.mixed import row_adapters
@@ -32,11 +33,13 @@ __version__ = "0.1.0"
 __all__ = [
     "AdapterError",
     "DataError",
+    "IA3Config",
     "LoraConfig",
     "LorakitError",
     "ModelError",
     "__version__",
     "add_adapter",
+    "combine_adapters",
     "count_parameters",
     "delete_adapter",
     "disable_adapters",

@@ -1,7 +1,7 @@
 """Operations on a model: add, select, disable, delete, merge, unmerge and unload adapters.
 
 Every state change is an explicit call. The configs of the adapters a model carries live in
-``model.lorakit_configs`` (name -> resolved ``LoraConfig``), which saving reads.
+``model.lorakit_configs`` (name -> resolved ``LoraConfig`` or ``IA3Config``), which saving reads.
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ from dataclasses import replace
 
 from torch import nn
 
-from lorakit.config import LoraConfig
+from lorakit.config import AdapterConfig, IA3Config, LoraConfig
+from lorakit.dora import DoraLinear
 from lorakit.errors import AdapterError
-from lorakit.layers import LoraLayer, ModulesToSave, is_gpt2_conv1d, wrap, wrapper_for
+from lorakit.ia3 import IA3Linear
+from lorakit.inits import init_from_weight, is_weight_init
+from lorakit.layers import Linear, LoraLayer, ModulesToSave, is_gpt2_conv1d, is_linear_like, wrap, wrapper_for
 from lorakit.targeting import resolve_config, select_modules
 
 CONFIGS_ATTR = "lorakit_configs"
@@ -22,9 +25,9 @@ CONFIGS_ATTR = "lorakit_configs"
 AdapterModule = LoraLayer | ModulesToSave
 
 
-def adapter_configs(model: nn.Module) -> dict[str, LoraConfig]:
+def adapter_configs(model: nn.Module) -> dict[str, AdapterConfig]:
     """The configs of the adapters on ``model``, by name (empty when it has none)."""
-    configs: dict[str, LoraConfig] = model.__dict__.setdefault(CONFIGS_ATTR, {})
+    configs: dict[str, AdapterConfig] = model.__dict__.setdefault(CONFIGS_ATTR, {})
     return configs
 
 
@@ -49,7 +52,7 @@ def _check_known(model: nn.Module, names: Sequence[str]) -> None:
             raise AdapterError(f"unknown adapter {name!r}; the model has: {listed}")
 
 
-def add_adapter(model: nn.Module, config: LoraConfig, name: str = "default") -> nn.Module:
+def add_adapter(model: nn.Module, config: AdapterConfig, name: str = "default") -> nn.Module:
     """Add adapter ``name`` to ``model`` in place and make it the active, only trainable part.
 
     A second call with another name adds beside the first; the newest adapter becomes the active one
@@ -62,6 +65,21 @@ def add_adapter(model: nn.Module, config: LoraConfig, name: str = "default") -> 
     targets = select_modules(model, config)
     for module_name in targets:
         module = model.get_submodule(module_name)
+        if isinstance(config, IA3Config) and isinstance(module, LoraLayer) and not isinstance(module, IA3Linear):
+            raise AdapterError(f"{module_name} already carries a LoRA adapter; LoRA and IA3 cannot share a layer")
+        if isinstance(config, IA3Config) and not (is_linear_like(module) or isinstance(module, IA3Linear)):
+            raise AdapterError(
+                f"target module {module_name!r} is a {type(module).__name__}; lorakit adds IA3 to Linear and "
+                "GPT-2 Conv1D layers"
+            )
+        needs_linear = isinstance(config, LoraConfig) and (config.use_dora or is_weight_init(config.init_lora_weights))
+        if needs_linear and not (is_linear_like(module) or type(module) in (Linear, DoraLinear)):
+            raise AdapterError(
+                f"target module {module_name!r} is a {type(module).__name__}; use_dora and init_lora_weights="
+                f"{getattr(config, 'init_lora_weights', None)!r} are implemented for Linear layers only"
+            )
+        if isinstance(config, LoraConfig) and isinstance(module, IA3Linear):
+            raise AdapterError(f"{module_name} already carries an IA3 adapter; LoRA and IA3 cannot share a layer")
         if wrapper_for(module) is None:
             raise AdapterError(
                 f"target module {module_name!r} is a {type(module).__name__}; lorakit adds LoRA to "
@@ -71,9 +89,12 @@ def add_adapter(model: nn.Module, config: LoraConfig, name: str = "default") -> 
         # GPT-2 stores Conv1D weights as (in, out): peft records this as fan_in_fan_out=True.
         config = replace(config, fan_in_fan_out=True)
     for module_name in targets:
-        layer = wrap(model.get_submodule(module_name), config.fan_in_fan_out)
-        r, alpha = config.rank_and_alpha(module_name)
-        layer.add(name, r, alpha, config.lora_dropout, config.use_rslora, config.init_lora_weights)
+        module = model.get_submodule(module_name)
+        layer: LoraLayer
+        if isinstance(config, IA3Config):
+            layer = _add_ia3(module, module_name, config, name)
+        else:
+            layer = _add_lora(module, module_name, config, name)
         _set_submodule(model, module_name, layer)
     for module_name in _modules_to_save_names(model, config):
         wrapper = model.get_submodule(module_name)
@@ -87,7 +108,35 @@ def add_adapter(model: nn.Module, config: LoraConfig, name: str = "default") -> 
     return model
 
 
-def _modules_to_save_names(model: nn.Module, config: LoraConfig) -> list[str]:
+def _add_lora(module: nn.Module, module_name: str, config: LoraConfig, name: str) -> LoraLayer:
+    layer = wrap(module, config.fan_in_fan_out)
+    r, alpha = config.rank_and_alpha(module_name)
+    init = config.init_lora_weights
+    if config.use_dora:
+        layer = DoraLinear.from_layer(layer)
+    layer.add(name, r, alpha, config.lora_dropout, config.use_rslora, True if is_weight_init(init) else init)
+    if isinstance(init, str) and is_weight_init(init):
+        init_from_weight(layer, name, init)  # before DoRA's magnitude, which is taken from the modified weight
+    if isinstance(layer, DoraLinear):
+        layer.add_magnitude(name)
+    return layer
+
+
+def _add_ia3(module: nn.Module, module_name: str, config: IA3Config, name: str) -> IA3Linear:
+    feedforward = config.is_feedforward(module_name)
+    if isinstance(module, IA3Linear):
+        if module.is_feedforward != feedforward:
+            raise AdapterError(f"{module_name}: IA3 adapters disagree on whether it is a feed-forward module")
+        layer = module
+    elif isinstance(module, LoraLayer):
+        raise AdapterError(f"{module_name} already carries a LoRA adapter; LoRA and IA3 cannot share a layer")
+    else:
+        layer = IA3Linear(module, config.fan_in_fan_out, feedforward)
+    layer.add_ia3(name, config.init_ia3_weights)
+    return layer
+
+
+def _modules_to_save_names(model: nn.Module, config: AdapterConfig) -> list[str]:
     if not config.modules_to_save:
         return []
     names = [
@@ -120,7 +169,7 @@ def mark_trainable(model: nn.Module, name: str | None) -> None:
                 param.requires_grad_(True)
     elif bias == "lora_only":
         for _, module in adapter_modules(model):
-            if isinstance(module, LoraLayer) and name in module.r:
+            if isinstance(module, LoraLayer) and name in module.adapter_names:
                 base_bias = getattr(module.base_layer, "bias", None)
                 if base_bias is not None:
                     base_bias.requires_grad_(True)

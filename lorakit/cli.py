@@ -13,6 +13,8 @@ import difflib
 import functools
 import inspect
 import itertools
+import os
+import shutil
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -98,17 +100,36 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lorakit.train.loop import train
+    from lorakit.train.loop import CONFIG_FILE, output_path, train
 
-    result = train(train_config_from(args))
-    print(f"adapter, loss.png, metrics.jsonl and README.md in {result.output}/")
+    config = train_config_from(args)
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 writes the run's files
+    if config.output is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        config = dataclasses.replace(config, output=str(output_path(config)))
+    output = Path(config.output) if config.output else None
+    fresh = output is not None and not output.exists()
+    try:
+        result = train(config)
+    except LorakitError:
+        # A mistake found before training wrote anything of value leaves no folder behind.
+        if (
+            main_process
+            and fresh
+            and output
+            and output.is_dir()
+            and {p.name for p in output.iterdir()} <= {CONFIG_FILE}
+        ):
+            shutil.rmtree(output, ignore_errors=True)
+        raise
+    if main_process:
+        print(f"adapter, loss.png, metrics.jsonl and README.md in {result.output}/")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from lorakit.eval.run import evaluate_contacts, evaluate_loss, markdown_table, summary, write_json
 
-    model, tokenizer = _model_with_adapter(args.model, args.adapter)
+    model, tokenizer = _model_with_adapter(args.model, args.adapter, args.trust_remote_code)
     if args.task == "contacts":
         metrics = evaluate_contacts(model, tokenizer, args.data, args.limit, args.batch_size)
         shown = summary(metrics)
@@ -124,7 +145,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_with_adapter(model_name: str | None, adapter: str | None) -> tuple[Any, Any]:
+def _model_with_adapter(model_name: str | None, adapter: str | None, trust_remote_code: bool) -> tuple[Any, Any]:
     """Base model plus adapter, merged and in the fastest precision for inference."""
     import lorakit
     from lorakit.eval.run import prepare_for_inference
@@ -132,7 +153,7 @@ def _model_with_adapter(model_name: str | None, adapter: str | None) -> tuple[An
 
     if adapter:
         find_adapter_folder(adapter)  # a wrong path fails before the model is loaded
-    model, tokenizer = lorakit.load_model(model_name)
+    model, tokenizer = lorakit.load_model(model_name, trust_remote_code=trust_remote_code)
     if adapter:
         lorakit.load_adapter(model, adapter)
     return prepare_for_inference(model), tokenizer
@@ -149,7 +170,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from lorakit.eval.generate import generate_batch, prompt_ids
 
     torch.manual_seed(args.seed)
-    model, tokenizer = _model_with_adapter(args.model, args.adapter)
+    model, tokenizer = _model_with_adapter(args.model, args.adapter, args.trust_remote_code)
     ids = prompt_ids(tokenizer, _conversation(args.system, args.prompt))
     print(generate_batch(model, tokenizer, [ids], args.max_new_tokens, args.temperature, args.top_p)[0])
     return 0
@@ -158,7 +179,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from lorakit.eval.chat import chat
 
-    model, tokenizer = _model_with_adapter(args.model, args.adapter)
+    model, tokenizer = _model_with_adapter(args.model, args.adapter, args.trust_remote_code)
     chat(model, tokenizer, args.system, args.max_new_tokens, args.temperature)
     return 0
 
@@ -166,7 +187,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from lorakit.export import merge_to_folder
 
-    folder = merge_to_folder(args.model, args.adapter, args.output, safe=args.safe)
+    folder = merge_to_folder(args.model, args.adapter, args.output, args.safe, args.trust_remote_code)
     print(f"merged model written to {folder}/ (loads with AutoModelForCausalLM.from_pretrained, no lorakit needed)")
     return 0
 
@@ -232,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="run folder (default runs/demo-<timestamp>)")
     p.add_argument("--base-limit", type=_positive, default=100, help="held-out examples for the base model")
     p.set_defaults(func=cmd_demo)
+    for name in ("eval", "generate", "chat", "merge"):  # train has it as a TrainConfig field
+        sub.choices[name].add_argument(
+            "--trust-remote-code", action="store_true", help="let the model folder run its own Python code"
+        )
 
     p = sub.add_parser("serve", help="an OpenAI-compatible server for the base model and its adapters")
     p.add_argument("--model", help="base model (default: the built-in SmolLM2-135M-Instruct)")

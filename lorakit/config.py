@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 BiasMode = Literal["none", "all", "lora_only"]
-InitMode = Literal[True, False, "gaussian"]
+InitMode = bool | str
+"""True, False, "gaussian", "pissa", "pissa_niter_<K>" or "olora" (peft's values)."""
 
 PEFT_TYPE = "LORA"
 
 # Keys peft writes that lorakit reads past when they hold their default (off) value; a non-default value
 # means the adapter needs a feature lorakit does not implement, and loading it must say so.
 _PEFT_KEYS_OFF_BY_DEFAULT: dict[str, Any] = {
-    "use_dora": False,
     "lora_bias": False,
     "use_qalora": False,
     "trainable_token_indices": None,
@@ -81,7 +81,8 @@ class LoraConfig:
     use_rslora: bool = False
     """Rank-stabilised scaling ``lora_alpha / sqrt(r)`` (Kalajdzievski 2023)."""
     init_lora_weights: InitMode = True
-    """True: A Kaiming-uniform, B zero; "gaussian": A normal(0, 1/r), B zero; False: both random."""
+    """True: A Kaiming-uniform, B zero; "gaussian": A normal(0, 1/r), B zero; False: both random; "pissa" /
+    "pissa_niter_<K>" / "olora": A, B from the base weight's SVD / QR, which is reduced by ``scaling * B A``."""
     rank_pattern: dict[str, int] = field(default_factory=dict)
     """Per-module rank overrides: key is a regex matched against the end of the module name."""
     alpha_pattern: dict[str, float] = field(default_factory=dict)
@@ -97,7 +98,7 @@ class LoraConfig:
     base_model_name_or_path: str | None = None
     """The base model the adapter was trained on."""
     use_dora: bool = False
-    """Weight-decomposed LoRA; not implemented yet, kept so configs round-trip."""
+    """DoRA (Liu et al. 2024): a trained magnitude per output row times the direction of ``W + scaling * B A``."""
 
     def __post_init__(self) -> None:
         def put(name: str, value: object) -> None:
@@ -124,10 +125,9 @@ class LoraConfig:
         for name in ("fan_in_fan_out", "use_rslora", "use_dora"):
             if not isinstance(getattr(self, name), bool):
                 raise _fail(name, "true or false", getattr(self, name))
-        if self.use_dora:
-            raise _fail("use_dora", "False (DoRA is not implemented in lorakit yet)", self.use_dora)
-        if self.init_lora_weights not in (True, False, "gaussian"):
-            raise _fail("init_lora_weights", "True, False or 'gaussian'", self.init_lora_weights)
+        if not is_init_mode(self.init_lora_weights):
+            raise _fail("init_lora_weights", "True, False, 'gaussian', 'pissa', 'pissa_niter_<K>' or 'olora'",
+                        self.init_lora_weights)  # fmt: skip
         if not isinstance(self.rank_pattern, dict) or not all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0
             for k, v in self.rank_pattern.items()
@@ -197,7 +197,7 @@ class LoraConfig:
         peft_type = data.get("peft_type")
         if peft_type != PEFT_TYPE:
             raise ValueError(
-                f"{source}: peft_type {peft_type!r} is an adapter method lorakit does not support (it reads 'LORA')"
+                f"{source}: peft_type {peft_type!r} is not a LoRA adapter (lorakit reads 'LORA' and 'IA3')"
             )
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
@@ -212,8 +212,6 @@ class LoraConfig:
                 [],
             ):
                 raise ValueError(f"{source}: {key}={value!r} needs a LoRA feature lorakit does not support")
-        if kwargs.get("use_dora"):
-            raise ValueError(f"{source}: use_dora=true needs DoRA, which lorakit does not support yet")
         try:
             return cls(**kwargs)
         except ValueError as err:
@@ -231,6 +229,107 @@ class LoraConfig:
         return cls(**data)
 
 
+IA3_PEFT_TYPE = "IA3"
+
+
+@dataclass(frozen=True)
+class IA3Config:
+    """An (IA)^3 adapter (Liu et al. 2022): learned scaling vectors, ``y = l * (W x + b)`` on attention
+    outputs and ``y = W (l * x) + b`` on feed-forward layers (peft's ``IA3Config`` field for field)."""
+
+    target_modules: tuple[str, ...] | str | None = None
+    """Modules scaled, with ``LoraConfig.target_modules``' rules; None for the model type's defaults."""
+    feedforward_modules: tuple[str, ...] | str | None = None
+    """Targets whose input (not output) is scaled: names matched as a suffix, or one regex (full match)."""
+    exclude_modules: tuple[str, ...] | str | None = None
+    """Modules never adapted."""
+    fan_in_fan_out: bool = False
+    """True when the base weight is stored (in, out), as in GPT-2's Conv1D."""
+    init_ia3_weights: bool = True
+    """True: vectors start at 1 (no change); False: random normal."""
+    modules_to_save: tuple[str, ...] | None = None
+    """Whole modules trained and saved beside the adapter."""
+    task_type: str | None = None
+    """peft's task type, e.g. "CAUSAL_LM"."""
+    base_model_name_or_path: str | None = None
+    """The base model the adapter was trained on."""
+
+    # Read by the shared targeting and saving code; IA3 has no layer filter and trains no biases.
+    layers_to_transform: None = field(default=None, init=False, repr=False, compare=False)
+    layers_pattern: None = field(default=None, init=False, repr=False, compare=False)
+    bias: BiasMode = field(default="none", init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        def fail(name: str, allowed: str) -> ValueError:
+            return ValueError(f"IA3Config.{name} must be {allowed}, got {getattr(self, name)!r}")
+
+        for name in ("target_modules", "feedforward_modules", "exclude_modules"):
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple, set, frozenset)):
+                if not all(isinstance(v, str) for v in value):
+                    raise fail(name, "a list of module names, one regex string, or None")
+                value = tuple(sorted(value)) if isinstance(value, (set, frozenset)) else tuple(value)
+                object.__setattr__(self, name, value)
+            elif value is not None and not isinstance(value, str):
+                raise fail(name, "a list of module names, one regex string, or None")
+        targets, ff = self.target_modules, self.feedforward_modules
+        if isinstance(targets, tuple) and isinstance(ff, tuple) and not set(ff) <= set(targets):
+            raise fail("feedforward_modules", f"a subset of target_modules {list(targets)}")
+        for name in ("fan_in_fan_out", "init_ia3_weights"):
+            if not isinstance(getattr(self, name), bool):
+                raise fail(name, "true or false")
+        if isinstance(self.modules_to_save, str):
+            object.__setattr__(self, "modules_to_save", (self.modules_to_save,))
+        if self.modules_to_save is not None:
+            if not _is_str_list(self.modules_to_save):
+                raise fail("modules_to_save", "a list of module names or None")
+            object.__setattr__(self, "modules_to_save", tuple(self.modules_to_save))
+
+    def is_feedforward(self, module_name: str) -> bool:
+        """peft's rule: a regex full-matches the name, a list entry is a plain suffix of it."""
+        ff = self.feedforward_modules
+        if ff is None:
+            return False
+        if isinstance(ff, str):
+            return re.fullmatch(ff, module_name) is not None
+        return any(module_name.endswith(entry) for entry in ff)
+
+    def to_peft_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        for name in ("target_modules", "feedforward_modules", "exclude_modules", "modules_to_save"):
+            if isinstance(out[name], tuple):
+                out[name] = list(out[name])
+        out["peft_type"] = IA3_PEFT_TYPE
+        out["inference_mode"] = True
+        out["revision"] = None
+        return out
+
+    @classmethod
+    def from_peft_dict(cls, data: dict[str, Any], source: str = "adapter_config.json") -> IA3Config:
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
+
+
+AdapterConfig = LoraConfig | IA3Config
+
+
+def config_from_peft_dict(data: dict[str, Any], source: str = "adapter_config.json") -> AdapterConfig:
+    """The config an ``adapter_config.json`` describes, by its ``peft_type`` (LORA or IA3)."""
+    if data.get("peft_type") == IA3_PEFT_TYPE:
+        return IA3Config.from_peft_dict(data, source)
+    return LoraConfig.from_peft_dict(data, source)
+
+
+def is_init_mode(value: object) -> bool:
+    """peft's ``init_lora_weights`` values that lorakit implements."""
+    if isinstance(value, bool) or value in ("gaussian", "pissa", "olora"):
+        return True
+    return isinstance(value, str) and re.fullmatch(r"pissa_niter_[1-9]\d*", value) is not None
+
+
 def _pattern_value(pattern: dict[str, Any], module_name: str, default: Any) -> Any:
     for key, value in pattern.items():
         if re.match(rf"(.*\.)?({key})$", module_name):
@@ -239,6 +338,8 @@ def _pattern_value(pattern: dict[str, Any], module_name: str, default: Any) -> A
 
 
 Precision = Literal["auto", "fp32", "bf16"]
+Method = Literal["lora", "dora", "ia3"]
+METHODS: tuple[str, ...] = ("lora", "dora", "ia3")
 Schedule = Literal["cosine", "linear", "constant"]
 
 
@@ -257,8 +358,8 @@ class TrainConfig:
     """Held-out JSONL for the eval loss (``eval_every``); None for none."""
     output: str | None = None
     """Output folder; None for ``runs/<timestamp>``."""
-    method: Literal["lora"] = "lora"
-    """Fine-tuning method."""
+    method: Method = "lora"
+    """Fine-tuning method: lora, dora (magnitude + direction), ia3 (scaling vectors; uses lr as given)."""
     r: int = 16
     """LoRA rank."""
     lora_alpha: float = 32
@@ -301,6 +402,10 @@ class TrainConfig:
     """Continue from the newest checkpoint in ``output``."""
     overwrite: bool = False
     """Allow writing into an output folder that holds a finished run."""
+    trust_remote_code: bool = False
+    """Let the model folder run its own Python code (its config's auto_map); only for models you trust."""
+    fsdp: bool = False
+    """Under torchrun: shard the frozen base across processes with FSDP2 (default: DDP; no effect in 1 process)."""
 
     def __post_init__(self) -> None:
         positive = ("r", "batch_size", "grad_accum", "seq_len")
@@ -324,11 +429,13 @@ class TrainConfig:
             raise ValueError(f"--lora-dropout must be a number in [0, 1), got {self.lora_dropout!r}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"--lora-dropout must be a number in [0, 1), got {self.lora_dropout!r}")
-        choices = {"method": ("lora",), "lr_schedule": ("cosine", "linear", "constant"),
+        choices = {"method": METHODS, "lr_schedule": ("cosine", "linear", "constant"),
                    "precision": ("auto", "fp32", "bf16")}  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{_flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.fsdp and (self.save_every or self.resume):
+            raise ValueError("--fsdp does not write checkpoints yet: drop --save-every and --resume, or use DDP")
         if not isinstance(self.target_modules, str) or not self.target_modules.strip():
             raise ValueError(
                 f"--target-modules must be a comma list, a regex or all-linear, got {self.target_modules!r}"
@@ -343,6 +450,21 @@ class TrainConfig:
             r=self.r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout, target_modules=targets,
             task_type="CAUSAL_LM",
         )  # fmt: skip
+
+    def adapter_config(self) -> AdapterConfig:
+        """The adapter config ``--method`` and the adapter flags describe (the one place methods are told apart)."""
+        if self.method == "dora":
+            return dataclasses.replace(self.lora_config(), use_dora=True)
+        if self.method == "ia3":
+            # all-linear (the default) means peft's IA3 targets for the model type: keys, values, down projection.
+            targets = self.lora_config().target_modules
+            if targets == "all-linear":
+                return IA3Config(task_type="CAUSAL_LM")
+            feedforward = (
+                tuple(t for t in targets if t.endswith(_FEEDFORWARD_NAMES)) if isinstance(targets, tuple) else None
+            )
+            return IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type="CAUSAL_LM")
+        return self.lora_config()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -360,6 +482,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# Names of feed-forward output projections, whose *input* IA3 scales (llama/mistral/qwen, GPT-2, OPT, Mixtral).
+_FEEDFORWARD_NAMES = ("down_proj", "mlp.c_proj", "fc2", "w2")
 
 
 def _flag(name: str) -> str:

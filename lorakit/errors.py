@@ -26,3 +26,18 @@ class AdapterError(LorakitError, ValueError):
 
 class ModelError(LorakitError):
     """A base model cannot be found or loaded."""
+
+
+class DiskFullError(LorakitError):
+    """The device ran out of room while writing a file; what was there before is left as it was."""
+
+
+NO_ROOM = {28, 122}  # ENOSPC, EDQUOT: the disk or the user's quota is full
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """An OSError for a full disk, or safetensors' error that wraps one (it carries no errno, only the text)."""
+    if isinstance(err, OSError) and err.errno is not None:
+        return err.errno in NO_ROOM
+    text = str(err)
+    return any(f"os error {code})" in text for code in NO_ROOM) or "No space left on device" in text

@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,8 +28,9 @@ from lorakit.adapters import (
     mark_trainable,
     set_adapters,
 )
-from lorakit.config import LoraConfig
-from lorakit.errors import AdapterError
+from lorakit.config import AdapterConfig, LoraConfig, config_from_peft_dict
+from lorakit.errors import AdapterError, DiskFullError, is_disk_full
+from lorakit.inits import convert_to_lora
 from lorakit.layers import LoraLayer
 
 PREFIX = "base_model.model."
@@ -44,9 +46,11 @@ def adapter_tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for path, module in adapter_modules(model):
         if isinstance(module, LoraLayer):
-            if name not in module.r:
+            if name not in module.adapter_names:
                 continue
             for attr in module.adapter_param_names:
+                if name not in getattr(module, attr):
+                    continue  # e.g. no magnitude vector for a plain LoRA adapter beside a DoRA one
                 entry = getattr(module, attr)[name]
                 if isinstance(entry, nn.Module):
                     for param_name, param in entry.named_parameters():
@@ -58,7 +62,7 @@ def adapter_tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
                 out[f"{PREFIX}{path}.{param_name}"] = param
     if config.bias != "none":
         # Biases are shared by all adapters and keep their in-memory names, ``base_layer`` included (as peft).
-        lora_paths = {p for p, m in adapter_modules(model) if isinstance(m, LoraLayer) and name in m.r}
+        lora_paths = {p for p, m in adapter_modules(model) if isinstance(m, LoraLayer) and name in m.adapter_names}
         for param_name, param in model.named_parameters():
             if not param_name.endswith("bias") or _is_peft_artifact(param_name) or "lora_" in param_name:
                 continue
@@ -74,16 +78,26 @@ def _is_peft_artifact(key: str) -> bool:
 
 
 def atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """``write(temporary_path)`` in the same folder, fsync, then rename: a crash leaves the old file or the new."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    """``write(temporary_path)`` in the same folder, fsync, then rename: a crash leaves the old file or the new.
+
+    A full disk raises ``DiskFullError`` (one line for the user) and leaves the old file as it was.
+    """
+    tmp: str | None = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except Exception as err:  # safetensors wraps the OSError in an exception type of its own
+        if is_disk_full(err):
+            raise DiskFullError(
+                f"{path}: no room left on the device to write it (any previous file is untouched)"
+            ) from None
+        raise
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -92,16 +106,29 @@ def adapter_dir(path: str | os.PathLike[str], name: str) -> Path:
     return Path(path) if name == DEFAULT_NAME else Path(path) / name
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike[str], name: str = DEFAULT_NAME) -> Path:
-    """Write adapter ``name`` as peft does; returns the folder written."""
+def save_adapter(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    name: str = DEFAULT_NAME,
+    initial_adapter: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write adapter ``name`` as peft does; returns the folder written.
+
+    ``initial_adapter``: the folder a PiSSA/OLoRA adapter was saved to right after ``add_adapter`` (before
+    training). The adapter is then written as a plain LoRA adapter of rank 2r relative to the *original* base
+    weights, so it loads on an unmodified base (peft's ``path_initial_model_for_weight_conversion``).
+    """
     configs = adapter_configs(model)
     if name not in configs:
         raise AdapterError(f"unknown adapter {name!r}; the model has: {', '.join(map(repr, configs)) or 'none'}")
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter_tensors(model, name).items()}
+    config_obj = configs[name]
+    if initial_adapter is not None:
+        tensors, config_obj = _converted_to_lora(tensors, config_obj, initial_adapter)
     folder = adapter_dir(path, name)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter_tensors(model, name).items()}
     atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    config = configs[name].to_peft_dict()
+    config = config_obj.to_peft_dict()
     if config["base_model_name_or_path"] is None:
         config["base_model_name_or_path"] = getattr(getattr(model, "config", None), "_name_or_path", None) or None
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
@@ -109,7 +136,37 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str], name: str = DEF
     return folder
 
 
-def read_adapter_config(folder: Path) -> LoraConfig:
+def _converted_to_lora(
+    tensors: dict[str, torch.Tensor], config: AdapterConfig, initial_adapter: str | os.PathLike[str]
+) -> tuple[dict[str, torch.Tensor], LoraConfig]:
+    """A PiSSA/OLoRA adapter's tensors and config as a plain LoRA adapter on the original weights (rank 2r)."""
+    if not isinstance(config, LoraConfig) or config.use_dora:
+        raise AdapterError("initial_adapter converts PiSSA/OLoRA LoRA adapters only (not IA3 or DoRA)")
+    if config.use_rslora and (config.rank_pattern or config.alpha_pattern):
+        raise AdapterError("initial_adapter: converting an rsLoRA adapter with rank_pattern/alpha_pattern is not "
+                           "supported (as in peft)")  # fmt: skip
+    folder = find_adapter_folder(initial_adapter)
+    initial = {k if k.startswith(PREFIX) else PREFIX + k: v for k, v in read_adapter_weights(folder).items()}
+    try:
+        tensors = convert_to_lora(tensors, initial)
+    except KeyError as err:
+        raise AdapterError(f"{folder / WEIGHTS_NAME}: no initial value for {err.args[0]!r}") from None
+    for key, value in tensors.items():
+        if ".lora_A." in key and value.shape[0] != 2 * initial[key].shape[0]:
+            raise AdapterError(f"{folder / WEIGHTS_NAME}: {key} has another rank than the adapter being saved")
+    # Twice the rank at the same scaling: alpha doubles (x sqrt(2) with rsLoRA, whose scaling is alpha/sqrt(r)).
+    converted = replace(
+        config,
+        r=2 * config.r,
+        lora_alpha=config.lora_alpha * (2**0.5 if config.use_rslora else 2),
+        rank_pattern={k: 2 * v for k, v in config.rank_pattern.items()},
+        alpha_pattern={k: 2 * v for k, v in config.alpha_pattern.items()},
+        init_lora_weights=True,
+    )
+    return tensors, converted
+
+
+def read_adapter_config(folder: Path) -> AdapterConfig:
     file = folder / CONFIG_NAME
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
@@ -118,7 +175,7 @@ def read_adapter_config(folder: Path) -> LoraConfig:
     if not isinstance(data, dict):
         raise AdapterError(f"{file}: expected a JSON object")
     try:
-        return LoraConfig.from_peft_dict(data, source=str(file))
+        return config_from_peft_dict(data, source=str(file))
     except ValueError as err:
         raise AdapterError(str(err)) from None
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.adapters import adapter_configs, adapter_modules
+from lorakit.config import LoraConfig
 from lorakit.errors import AdapterError
 from lorakit.layers import Embedding, Linear, LoraLayer, weight_of
 
@@ -118,7 +119,8 @@ def _model_stacks(model: nn.Module) -> _ModelStacks:
     else:
         layers = [m for _, m in adapter_modules(model) if isinstance(m, LoraLayer)]
     for layer in layers:
-        _factors(layer, layer.adapter_names[0])  # refuses unsupported layer types before anything is built
+        if type(layer) not in (Linear, Embedding):  # subclasses (DoRA, IA3) have their own forward: no hook
+            raise AdapterError(f"row_adapters supports Linear and Embedding LoRA layers, not {type(layer).__name__}")
     stacks = [_stack_of(layer) for layer in layers]  # rebuilds only the layers whose weights changed
     params = [t for layer in layers for name in layer.adapter_names for t in _factors(layer, name)]
     fresh = _ModelStacks(signature, layers, stacks, params, [(p.data_ptr(), p._version) for p in params])
@@ -170,7 +172,12 @@ def _check(model: nn.Module, rows: Sequence[str | None]) -> None:
             listed = ", ".join(repr(k) for k in known) or "none"
             raise AdapterError(f"row_adapters: unknown adapter {name!r}; the model has: {listed}")
     for name in {n for n in rows if n is not None}:
-        if known[name].modules_to_save:
+        config = known[name]
+        if not isinstance(config, LoraConfig) or getattr(config, "use_dora", False):
+            raise AdapterError(
+                f"row_adapters: adapter {name!r} is not a plain LoRA adapter (DoRA, IA3 are not batched)"
+            )
+        if config.modules_to_save:
             raise AdapterError(f"row_adapters: adapter {name!r} has modules_to_save, which cannot vary by row")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -102,12 +103,20 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_model(name_or_path: str | None = None, dtype: torch.dtype | str | None = None) -> tuple[Any, Any]:
+def load_model(
+    name_or_path: str | None = None, dtype: torch.dtype | str | None = None, trust_remote_code: bool = False
+) -> tuple[Any, Any]:
     """(model, tokenizer) for a causal LM, in evaluation mode with a pad token set.
 
     ``name_or_path``: None or "smollm2-135m-instruct" for the built-in model, a local transformers folder, a
     ``.gguf`` file, or a hub id (which needs a reachable hub). ``dtype`` defaults to float32.
+    ``trust_remote_code``: let a model folder run its own Python code (its ``auto_map``); off unless asked.
     """
+    with _quiet_torchao_import():
+        return _load_model(name_or_path, dtype, trust_remote_code)
+
+
+def _load_model(name_or_path: str | None, dtype: torch.dtype | str | None, trust_remote_code: bool) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype)
@@ -127,8 +136,17 @@ def load_model(name_or_path: str | None = None, dtype: torch.dtype | str | None 
         source = str(path) if path.exists() else name_or_path
         try:
             with _quiet_progress():  # a local safetensors load takes a second: no bar needed
-                model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
-            tokenizer = AutoTokenizer.from_pretrained(source)
+                model = AutoModelForCausalLM.from_pretrained(
+                    source, dtype=torch_dtype, trust_remote_code=trust_remote_code
+                )
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        except ValueError as err:
+            if "trust_remote_code" not in str(err):
+                raise
+            raise ModelError(
+                f"{name_or_path}: this model needs its own Python code to load (auto_map in config.json); pass "
+                "--trust-remote-code only if you trust where it came from"
+            ) from None
         except OSError as err:
             raise ModelError(
                 f"{name_or_path}: not a local model folder or .gguf file, and the hub could not provide it ({err})"
@@ -137,6 +155,22 @@ def load_model(name_or_path: str | None = None, dtype: torch.dtype | str | None 
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_torchao_import() -> Iterator[None]:
+    """transformers imports torchao (when installed) while loading a model; on a CPU build of torch that import
+    logs a warning per CUDA kernel library it cannot load and a pytree deprecation notice: noise on every
+    command, and nothing a user can act on. Those two loggers are quieted for the duration, then restored."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 @contextlib.contextmanager

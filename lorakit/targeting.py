@@ -15,11 +15,13 @@ from dataclasses import replace
 
 from torch import nn
 
-from lorakit.config import LoraConfig
+from lorakit.config import AdapterConfig, IA3Config
 from lorakit.errors import AdapterError
-from lorakit.layers import is_linear_like, wrapper_for
+from lorakit.layers import LoraLayer, is_linear_like, wrapper_for
 
 ALL_LINEAR = "all-linear"
+# Modules inside a wrapper (``q_proj.base_layer``, ``q_proj.lora_A.default``) are never targets of their own.
+_INNER = re.compile(r"\.(base_layer|lora_A|lora_B|lora_dropout|ia3_l|lora_magnitude_vector)(\.|$)")
 
 # peft's defaults for ``target_modules=None`` by ``config.model_type`` (the attention projections).
 DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
@@ -27,6 +29,11 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     **{t: ("query_key_value",) for t in ("gpt_neox", "bloom", "falcon")},
     "gpt2": ("c_attn",),
     "phi3": ("qkv_proj",),
+}
+# peft's IA3 defaults: (targets, feed-forward targets) by model type.
+IA3_DEFAULT_TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    **{t: (("k_proj", "v_proj", "down_proj"), ("down_proj",)) for t in ("llama", "mistral", "qwen2", "gemma")},
+    "gpt2": (("c_attn", "mlp.c_proj"), ("mlp.c_proj",)),
 }
 
 
@@ -49,7 +56,7 @@ def _layer_index(name: str, layers_pattern: Sequence[str] | None) -> int | None:
     return int(match.group("idx")) if match else None
 
 
-def is_selected(config: LoraConfig, name: str) -> bool:
+def is_selected(config: AdapterConfig, name: str) -> bool:
     """peft's rule for one module name; ``config.target_modules`` must already be resolved (not None)."""
     assert config.target_modules is not None, "resolve_config() first"
     if config.exclude_modules and _matches(config.exclude_modules, name):
@@ -69,15 +76,31 @@ def is_selected(config: LoraConfig, name: str) -> bool:
 
 def all_linear_names(named_modules: Iterable[tuple[str, nn.Module]], output_name: str | None) -> tuple[str, ...]:
     """The leaf names of every Linear-like module except the output head's (what peft expands it to)."""
-    leaves = {name.rsplit(".", 1)[-1] for name, module in named_modules if name and is_linear_like(module)}
+    leaves = {
+        name.rsplit(".", 1)[-1]
+        for name, module in named_modules
+        if name
+        and not _INNER.search(name)  # not an adapter's own lora_A etc.
+        and (is_linear_like(module) or (isinstance(module, LoraLayer) and is_linear_like(module.base_layer)))
+    }
     if output_name:
         leaves.discard(output_name.rsplit(".", 1)[-1])
     return tuple(sorted(leaves))
 
 
-def resolve_config(config: LoraConfig, model: nn.Module) -> LoraConfig:
+def resolve_config(config: AdapterConfig, model: nn.Module) -> AdapterConfig:
     """Replace ``target_modules=None`` by the model type's defaults and expand ``"all-linear"``."""
     targets = config.target_modules
+    if isinstance(config, IA3Config) and targets is None:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type not in IA3_DEFAULT_TARGETS:
+            raise AdapterError(
+                f"no default IA3 target_modules for model type {model_type!r}; set target_modules and "
+                f"feedforward_modules (candidates: {', '.join(candidate_names(model)) or 'none'})"
+            )
+        targets, feedforward = IA3_DEFAULT_TARGETS[model_type]
+        if config.feedforward_modules is None:
+            config = replace(config, feedforward_modules=feedforward)
     if targets is None:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         if model_type not in DEFAULT_TARGETS:
@@ -105,11 +128,11 @@ def candidate_names(model: nn.Module) -> list[str]:
     return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if name and wrapper_for(module)})
 
 
-def select_modules(model: nn.Module, config: LoraConfig) -> list[str]:
+def select_modules(model: nn.Module, config: AdapterConfig) -> list[str]:
     """Names of the modules ``config`` (resolved) adapts; an error lists candidates when it selects none."""
     selected = [name for name, _ in model.named_modules() if name and is_selected(config, name)]
     # A name that is a wrapper's inner part (e.g. ``q_proj.base_layer``) is never a target of its own.
-    selected = [name for name in selected if not re.search(r"\.(base_layer|lora_A|lora_B|lora_dropout)(\.|$)", name)]
+    selected = [name for name in selected if not _INNER.search(name)]
     if not selected:
         raise AdapterError(
             f"target_modules={_show(config.target_modules)} matched no module of the model; "

@@ -62,7 +62,8 @@ def test_rank_pattern_lookup_agrees_with_peft(name: str) -> None:
         ({"r": 2.5}, "LoraConfig.r"),
         ({"lora_dropout": 1.0}, r"LoraConfig.lora_dropout must be a number in \[0, 1\)"),
         ({"bias": "some"}, "LoraConfig.bias must be one of 'none', 'all', 'lora_only'"),
-        ({"init_lora_weights": "pissa"}, "LoraConfig.init_lora_weights must be True, False or 'gaussian'"),
+        ({"init_lora_weights": "pisa"}, "LoraConfig.init_lora_weights must be True, False, 'gaussian', 'pissa'"),
+        ({"init_lora_weights": "pissa_niter_0"}, "LoraConfig.init_lora_weights"),
         ({"target_modules": [1, 2]}, "LoraConfig.target_modules"),
         ({"rank_pattern": {"q": -1}}, "LoraConfig.rank_pattern"),
         ({"layers_to_transform": ["a"]}, "LoraConfig.layers_to_transform"),
@@ -84,8 +85,9 @@ def test_peft_dict_round_trip_and_refusals() -> None:
     assert LoraConfig.from_peft_dict(config.to_peft_dict()) == config
     with pytest.raises(ValueError, match="peft_type 'IA3'"):
         LoraConfig.from_peft_dict({"peft_type": "IA3"})
-    with pytest.raises(ValueError, match="use_dora"):
-        LoraConfig.from_peft_dict({**config.to_peft_dict(), "use_dora": True})
+    with pytest.raises(ValueError, match="lora_bias"):
+        LoraConfig.from_peft_dict({**config.to_peft_dict(), "lora_bias": True})
+    assert LoraConfig.from_peft_dict({**config.to_peft_dict(), "use_dora": True}).use_dora
     # peft's own config dict reads (unknown bookkeeping keys pass)
     theirs = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]).to_dict()
     theirs["peft_type"] = "LORA"

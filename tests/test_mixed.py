@@ -107,6 +107,10 @@ def test_errors() -> None:
     lorakit.merge_adapters(model, ["a"])
     with pytest.raises(AdapterError, match="unmerge"), lorakit.row_adapters(model, ["a", "b"]):
         pass
+    dora = tiny_llama()
+    lorakit.add_adapter(dora, lorakit.LoraConfig(r=2, target_modules=["q_proj"], use_dora=True), "d")
+    with pytest.raises(AdapterError, match="not a plain LoRA"), lorakit.row_adapters(dora, ["d"]):
+        pass
 
 
 def test_stack_follows_weight_changes() -> None:

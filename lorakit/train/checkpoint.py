@@ -8,6 +8,7 @@ are removed only after the new one is in place.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lorakit.errors import LorakitError
+from lorakit.errors import DiskFullError, LorakitError, is_disk_full
 from lorakit.io import adapter_tensors, save_adapter
 
 STATE_NAME = "trainer_state.pt"
@@ -61,10 +62,11 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     root = checkpoint_root(output)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+    tmp: Path | None = None
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
         save_adapter(model, tmp)
         state = {
             "step": step,
@@ -73,8 +75,11 @@ def save_checkpoint(
             "rng": rng_state(),
             "extra": extra or {},
         }
+        # Serialised in memory first: torch.save straight to a full disk fails with an unrelated message.
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
         with open(tmp / STATE_NAME, "wb") as handle:
-            torch.save(state, handle)
+            handle.write(buffer.getbuffer())
             handle.flush()
             os.fsync(handle.fileno())
         _fsync_dir(tmp)
@@ -82,11 +87,33 @@ def save_checkpoint(
             shutil.rmtree(final)
         os.rename(tmp, final)
         _fsync_dir(root)
+    except (OSError, DiskFullError) as err:
+        if not is_disk_full(err) and not isinstance(err, DiskFullError):
+            raise
+        last = list_checkpoints(output)
+        kept = f"the last good checkpoint {last[-1]} is untouched" if last else "no earlier checkpoint exists"
+        raise DiskFullError(f"{root}: no room left on the device for the checkpoint of step {step}; {kept}") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     for old in list_checkpoints(output)[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def check_room(output: Path, adapter_bytes: int, checkpoints: bool) -> None:
+    """Refuse to start when the output folder's device cannot hold what the run will write.
+
+    A checkpoint holds the adapter and AdamW's two moments (3x the adapter); KEEP of them stay and one more
+    is written before the oldest is removed, and the final adapter comes on top.
+    """
+    needed = adapter_bytes + ((KEEP + 1) * 3 * adapter_bytes if checkpoints else 0)
+    free = shutil.disk_usage(output).free
+    if free < needed:
+        raise DiskFullError(
+            f"{output}: {free / 2**20:.1f} MiB free on its device, but this run writes about "
+            f"{needed / 2**20:.1f} MiB; free some space or choose another --output"
+        )
 
 
 def list_checkpoints(output: Path) -> list[Path]:

@@ -32,7 +32,8 @@ from lorakit.data.tokenize import TokenizedExample, tokenize_dataset
 from lorakit.errors import LorakitError
 from lorakit.io import save_adapter
 from lorakit.models import BUILTIN_NAME, load_model
-from lorakit.train.checkpoint import clean_temporary, list_checkpoints, load_checkpoint, save_checkpoint
+from lorakit.train.checkpoint import check_room, clean_temporary, list_checkpoints, load_checkpoint, save_checkpoint
+from lorakit.train.distributed import Processes, QuietLog, start
 from lorakit.train.loss import token_loss_sum
 from lorakit.train.optim import build_optimizer, schedule
 from lorakit.train.report import MetricsLog, model_card, plot_loss, write_text_atomic
@@ -40,7 +41,9 @@ from lorakit.train.report import MetricsLog, model_card, plot_loss, write_text_a
 CONFIG_FILE = "train_config.json"
 SUMMARY_FILE = "train_summary.json"  # written last: its presence means the run finished
 # Fields a resumed run may change; any other difference means a different run.
-RESUMABLE_CHANGES = {"resume", "overwrite", "output", "max_steps", "epochs", "save_every", "eval_every"}
+RESUMABLE_CHANGES = {
+    "resume", "overwrite", "output", "max_steps", "epochs", "save_every", "eval_every", "trust_remote_code",
+}  # fmt: skip
 
 
 @dataclass
@@ -65,9 +68,14 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
 
 
+def output_path(config: TrainConfig) -> Path:
+    """``--output``, or ``runs/<timestamp>`` when it is not given."""
+    return Path(config.output or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+
+
 def prepare_output(config: TrainConfig) -> Path:
     """Create (or check) the output folder before any compute is spent; refuse to clobber a finished run."""
-    output = Path(config.output or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    output = output_path(config)
     finished = (output / SUMMARY_FILE).exists()
     if finished and not (config.overwrite or config.resume):
         raise LorakitError(f"{output}: already holds a finished run; pass --overwrite to replace it or --resume")
@@ -102,8 +110,11 @@ def read_dataset(path: str | None) -> tuple[str, list[dict[str, Any]]]:
 class MicroBatches:
     """Micro-batch ``m`` of the whole run, derived from (seed, epoch): no iterator state to save or restore."""
 
-    def __init__(self, examples: list[TokenizedExample], batch_size: int, seed: int, pad_id: int) -> None:
+    def __init__(
+        self, examples: list[TokenizedExample], batch_size: int, seed: int, pad_id: int, procs: Processes | None = None
+    ) -> None:
         self.examples, self.batch_size, self.seed, self.pad_id = examples, batch_size, seed, pad_id
+        self.procs = procs or Processes()  # under torchrun: batch_size is the global batch, [m] this rank's slice
         self.lengths = [len(e.input_ids) for e in examples]
         self.per_epoch = len(batch_order(self.lengths, batch_size, seed, 0))
         self._epoch: tuple[int, list[list[int]]] | None = None
@@ -115,23 +126,27 @@ class MicroBatches:
 
     def __getitem__(self, m: int) -> dict[str, torch.Tensor]:
         epoch, index = divmod(m, self.per_epoch)
-        return collate([self.examples[i] for i in self.order(epoch)[index]], self.pad_id)
+        return self.procs.batch(self.examples, self.order(epoch)[index], self.pad_id)
 
 
 def _log(message: str) -> None:
-    tqdm.write(f"lorakit: {message}")
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        tqdm.write(f"lorakit: {message}")
 
 
 def mean_token_loss(
-    model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], autocast: torch.dtype | None
+    model: torch.nn.Module,
+    batches: list[dict[str, torch.Tensor]],
+    autocast: torch.dtype | None,
+    loss_sum: torch.nn.Module | None = None,
 ) -> float:
-    """Mean assistant-token loss over ``batches`` (dropout off)."""
+    """Mean assistant-token loss over ``batches`` (dropout off); ``loss_sum`` is a wrapped model's loss module."""
     was_training = model.training
     model.eval()
     total = count = 0.0
     with torch.no_grad(), _autocast(autocast):
         for batch in batches:
-            total += float(token_loss_sum(model, batch))
+            total += float(loss_sum(batch) if loss_sum is not None else token_loss_sum(model, batch))
             count += int((batch["labels"][:, 1:] != -100).sum())
     model.train(was_training)
     return total / max(count, 1)
@@ -144,14 +159,15 @@ def _autocast(dtype: torch.dtype | None) -> contextlib.AbstractContextManager[An
 def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     """Run ``lorakit train``: returns where the adapter, metrics, plot and model card were written."""
     started = time.perf_counter()
-    output = prepare_output(config)
-    clean_temporary(output)
+    procs = start(config.fsdp)  # under torchrun: this process's rank; rank 0 writes, all ranks train
+    output = procs.on_main(lambda: prepare_output(config))
+    procs.on_main(lambda: clean_temporary(output))
     torch.manual_seed(config.seed)
 
     # ---- data (checked before the model is loaded: a broken line fails fast), model, tokens
     data_source, records = read_dataset(config.data)
     eval_records = read_dataset(config.eval_data)[1] if config.eval_data else []
-    model, tokenizer = load_model(config.model)
+    model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
     device = next(model.parameters()).device
     autocast = resolve_precision(config.precision, device)
     examples, stats = tokenize_dataset(tokenizer, records, config.seq_len, path=data_source)
@@ -166,31 +182,35 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         eval_batches = [
             collate(eval_examples[i : i + 16], tokenizer.pad_token_id) for i in range(0, len(eval_examples), 16)
         ]
-    batches = MicroBatches(examples, config.batch_size, config.seed, tokenizer.pad_token_id)
+    batches = MicroBatches(examples, config.batch_size * procs.world, config.seed, tokenizer.pad_token_id, procs)
     waste = padding_waste(batches.lengths, batches.order(0))
 
     # ---- adapter, optimiser, schedule
     torch.manual_seed(config.seed)
     base_name = config.model or BUILTIN_NAME
-    lora = dataclasses.replace(config.lora_config(), base_model_name_or_path=base_name)
-    add_adapter(model, lora)
+    adapter = dataclasses.replace(config.adapter_config(), base_model_name_or_path=base_name)
+    add_adapter(model, adapter)
     trainable, total = count_parameters(model)
+    forward = procs.wrap(model)  # batch -> loss sum; under DDP/FSDP2 it syncs the adapter gradients
     optimizer = build_optimizer(model, config)
+    adapter_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    check_room(output, adapter_bytes, checkpoints=config.save_every > 0)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * batches.per_epoch / config.grad_accum))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, total_steps))
     _log(
-        f"LoRA r={config.r} alpha={config.lora_alpha} on {config.target_modules}: {trainable:,} trainable of "
-        f"{total:,} parameters ({100 * trainable / total:.2f}%); {total_steps} steps of "
-        f"{config.batch_size} x {config.grad_accum} examples; precision {autocast or 'fp32'}; "
-        f"padding {100 * waste:.0f}% of tokens"
+        f"{config.method}{'' if config.method == 'ia3' else f' r={config.r} alpha={config.lora_alpha}'} on "
+        f"{config.target_modules}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); "
+        f"{total_steps} steps; precision {autocast or 'fp32'}; padding {100 * waste:.0f}% of tokens"
     )
+    _log(procs.describe(model, config.batch_size, config.grad_accum))
 
     # ---- resume
     start_step = 0
-    checkpoints = list_checkpoints(output) if config.resume else []
+    checkpoints = procs.on_main(lambda: list_checkpoints(output)) if config.resume else []
     if checkpoints:
         state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
         start_step = state["step"]
+        procs.resumed(checkpoints[-1], state["extra"])
         if start_step >= total_steps and (output / SUMMARY_FILE).exists():
             raise LorakitError(
                 f"{output}: the run already reached step {start_step} of {total_steps}; raise --max-steps to train on"
@@ -198,11 +218,13 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         _log(f"resumed from {checkpoints[-1]} at step {start_step}")
     elif config.resume:
         _log(f"--resume: no checkpoint in {output}/checkpoints yet, starting from step 0")
-    metrics = MetricsLog(output / "metrics.jsonl", keep_until_step=start_step if config.resume else None)
+    keep = start_step if config.resume else None
+    metrics = MetricsLog(output / "metrics.jsonl", keep) if procs.is_main else QuietLog()
 
     # ---- the loop
     model.train()
-    bar = tqdm(total=total_steps, initial=start_step, disable=not progress, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and procs.is_main), unit="step",
+               dynamic_ncols=True)  # fmt: skip
     tokens_seen = 0
     loss_value = float("nan")
     loop_start = time.perf_counter()
@@ -210,13 +232,17 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         step_start = time.perf_counter()
         micro = [batches[step * config.grad_accum + k] for k in range(config.grad_accum)]
         # One normaliser for the whole step: the mean over all its label tokens, not a mean of means.
-        n_labels = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+        # Under torchrun, over all ranks' tokens: gradients are summed across ranks, not averaged.
+        (n_labels,) = procs.sum(sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro))
         loss_sum = 0.0
-        for batch in micro:
-            with _autocast(autocast):
-                loss = token_loss_sum(model, batch)
+        for k, batch in enumerate(micro):
+            with procs.accumulate(forward, sync=k == len(micro) - 1), _autocast(autocast):
+                loss = forward(batch)
             (loss / n_labels).backward()
             loss_sum += float(loss.detach())
+        step_tokens = sum(int(b["attention_mask"].sum()) for b in micro)
+        loss_sum, tokens = procs.sum(loss_sum, step_tokens)
+        step_tokens = int(tokens)
         loss_value = loss_sum / n_labels
         if not math.isfinite(loss_value):
             last = list_checkpoints(output)
@@ -229,7 +255,6 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        step_tokens = sum(int(b["attention_mask"].sum()) for b in micro)
         tokens_seen += step_tokens
         seconds = time.perf_counter() - step_start
         record = {"kind": "train", "step": step + 1, "loss": round(loss_value, 5), "lr": lr,
@@ -238,12 +263,14 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{step_tokens / seconds:.0f}")
         bar.update(1)
 
-        if eval_batches and config.eval_every and (step + 1) % config.eval_every == 0:
-            eval_loss = mean_token_loss(model, eval_batches, autocast)
+        if eval_batches and config.eval_every and (step + 1) % config.eval_every == 0 and procs.evaluates:
+            eval_loss = mean_token_loss(model, eval_batches, autocast, procs.eval_module(forward))
             metrics.write({"kind": "eval", "step": step + 1, "eval_loss": round(eval_loss, 5)})
             _log(f"step {step + 1}: eval loss {eval_loss:.4f}")
         if config.save_every and ((step + 1) % config.save_every == 0 or step + 1 == total_steps):
-            save_checkpoint(output, model, optimizer, scheduler, step + 1)  # the last one lets --resume extend a run
+            extra = procs.checkpoint_extra()  # under torchrun: every rank's RNG state
+            if procs.is_main:  # the last checkpoint lets --resume extend a run
+                save_checkpoint(output, model, optimizer, scheduler, step + 1, extra)
     bar.close()
     train_seconds = time.perf_counter() - loop_start
 
@@ -251,10 +278,18 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     if start_step >= total_steps:  # killed while writing the results: write them again
         loss_value = next((r["loss"] for r in reversed(metrics.read()) if r.get("kind") == "train"), loss_value)
     final: dict[str, Any] = {"train_loss": round(loss_value, 4)}
-    if eval_batches:
-        final["eval_loss"] = round(mean_token_loss(model, eval_batches, autocast), 4)
+    if eval_batches and procs.evaluates:
+        final["eval_loss"] = round(mean_token_loss(model, eval_batches, autocast, procs.eval_module(forward)), 4)
         metrics.write({"kind": "eval", "step": total_steps, "eval_loss": final["eval_loss"]})
-    save_adapter(model, output)
+    with procs.full_params(forward):  # FSDP2: gather the sharded adapter whole to write one peft file
+        if procs.is_main:
+            save_adapter(model, output)
+    procs.report_traffic(total_steps - start_step)
+    if not procs.is_main:
+        procs.finish()
+        return TrainResult(
+            output, total_steps, loss_value, time.perf_counter() - started, tokens_seen, trainable, total
+        )
     records = metrics.read()
     plot_loss(records, output / "loss.png", f"LoRA r={config.r} on {Path(data_source).name}")
     seconds = time.perf_counter() - started
@@ -272,4 +307,5 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     if tokens_seen:
         rate = tokens_seen / train_seconds
         _log(f"trained {total_steps - start_step} steps in {train_seconds:.0f} s ({rate:.0f} tokens/s)")
+    procs.finish()
     return TrainResult(output, total_steps, loss_value, seconds, tokens_seen, trainable, total)

@@ -1,0 +1,104 @@
+"""Training-step time and peak memory of LoRA, DoRA and IA3 on the built-in model, each in its own process.
+
+    .venv/bin/python -m bench.methods_speed [--steps 4] [--batch-size 4] [--seq-len 128] [--precision fp32|bf16]
+
+Each method runs in a fresh subprocess (so peak RSS is its own): load SmolLM2-135M-Instruct, add the adapter
+(LoRA and DoRA: r=16, alpha=32, all-linear; IA3: peft's targets), then forward + backward + AdamW on the same
+random-token batches. Prints the median step time, its ratio to LoRA's, and peak RSS; writes
+bench/results/methods.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+METHODS = ("lora", "dora", "ia3")
+RESULTS = Path(__file__).resolve().parent / "results" / "methods.json"
+
+
+def run_one(method: str, steps: int, batch_size: int, seq_len: int, precision: str) -> dict[str, float]:
+    import lorakit
+
+    torch.manual_seed(0)
+    model, _ = lorakit.load_model()
+    config: lorakit.LoraConfig | lorakit.IA3Config
+    if method == "ia3":
+        config = lorakit.IA3Config()
+    else:
+        config = lorakit.LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", use_dora=method == "dora")
+    lorakit.add_adapter(model, config)
+    model.train()
+    trainable, _ = lorakit.count_parameters(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    vocab = model.config.vocab_size
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, vocab, (batch_size, seq_len), generator=gen) for _ in range(steps + 1)]
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    times = []
+    for step, ids in enumerate(batches):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step > 0:  # the first step pays for allocations and kernel selection
+            times.append(time.perf_counter() - start)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return {"trainable": trainable, "step_s": statistics.median(times), "peak_rss_mib": peak_mib}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--one", choices=METHODS, help=argparse.SUPPRESS)  # the child process
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.steps, args.batch_size, args.seq_len, args.precision)))
+        return
+    results = {}
+    for method in METHODS:
+        sizes = ["--steps", str(args.steps), "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)]
+        cmd = [sys.executable, "-m", "bench.methods_speed", "--one", method, *sizes, "--precision", args.precision]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        results[method] = json.loads(out.strip().splitlines()[-1])
+    base = results["lora"]["step_s"]
+    columns = ["method", "trainable params", "median step (s)", "step vs LoRA", "peak RSS (MiB)"]
+    rows = [[m, int(r["trainable"]), round(r["step_s"], 3), round(r["step_s"] / base, 2), round(r["peak_rss_mib"])]
+            for m, r in results.items()]  # fmt: skip
+    print(" | ".join(columns))
+    for row in rows:
+        print(" | ".join(map(str, row)))
+    command = "python -m bench.methods_speed " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "one"
+    )
+    RESULTS.parent.mkdir(exist_ok=True)
+    payload = {
+        "name": "methods",
+        "title": "LoRA vs DoRA vs IA3: training step on SmolLM2-135M",
+        "command": command,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "columns": columns,
+        "rows": rows,
+        "notes": f"batch {args.batch_size} x {args.seq_len} random tokens, {args.precision}, median of "
+        f"{args.steps} steps after one warm-up; each method in its own process (peak RSS includes the model). "
+        "LoRA/DoRA r=16 all-linear; IA3 on k_proj, v_proj, down_proj. Shared, noisy machine: compare ratios.",
+    }
+    RESULTS.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

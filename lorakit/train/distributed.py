@@ -1,0 +1,278 @@
+"""Several processes, one run: torchrun's environment, DDP or FSDP2, and the slice of each batch a rank trains on.
+
+``torchrun --nproc_per_node N -m lorakit train ...`` starts N copies of the same run. Each reads the whole
+dataset and builds the same global micro-batches (seed, order) that one process with ``N x --batch-size``
+would; rank k trains on its contiguous slice of each. The loss of a step is the sum over ALL label tokens of
+all ranks divided by their global count (one all-reduce of the count), so the result does not depend on how
+tokens fall across ranks: the gradients equal those of the single process up to float rounding.
+
+Gradients are summed (not averaged) across ranks, since each rank's loss is already divided by the global
+token count. DDP: a communication hook all-reduces each gradient bucket with SUM and counts its bytes. FSDP2
+(``--fsdp``): the frozen base weights are sharded, decoder layer by decoder layer, and the reduce-scatter
+divide factor is 1. Only trainable (adapter) parameters have gradients, so only they are communicated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from lorakit.data.batching import collate
+from lorakit.data.tokenize import TokenizedExample
+from lorakit.errors import LorakitError
+from lorakit.train.checkpoint import rng_state, set_rng_state
+from lorakit.train.loss import IGNORE_INDEX, token_loss_sum
+from lorakit.train.report import MetricsLog
+
+T = TypeVar("T")
+
+
+class LossModule(nn.Module):
+    """``forward(batch)`` = the batch's label-token loss sum; the one module DDP or FSDP2 wraps.
+
+    Wrapping the loss rather than the causal LM lets ``token_loss_sum`` call the decoder and the head directly
+    (its shared-prefix path) while every forward still passes through the wrapper's hooks.
+    """
+
+    def __init__(self, model: nn.Module, share_prefix: bool = True) -> None:
+        super().__init__()
+        self.model, self.share_prefix = model, share_prefix
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        return token_loss_sum(self.model, batch, share_prefix=self.share_prefix)
+
+
+@dataclass
+class Processes:
+    """This process's place in the run. A plain run is ``Processes()``: rank 0 of 1, every helper a no-op."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    fsdp: bool = False
+    owns_group: bool = False
+    bytes_reduced: int = 0
+    """Gradient bytes this rank has handed to all-reduce so far (counted by the DDP hook)."""
+    backend: str = "none"
+    """"gloo" or "nccl" under torchrun."""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # ---- rank 0 decides, everyone follows
+    def on_main(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on rank 0 only and hand its result (or its one-line error) to every rank."""
+        if self.world == 1:
+            return fn()
+        box: list[Any] = [None, None]
+        if self.is_main:
+            try:
+                box[0] = fn()
+            except (LorakitError, ValueError, OSError) as err:
+                box[1] = str(err)
+        dist.broadcast_object_list(box, src=0)
+        if box[1] is not None:
+            raise LorakitError(box[1])
+        return box[0]  # type: ignore[no-any-return]
+
+    # ---- data
+    def part(self, rows: list[T]) -> list[T]:
+        """Rank k's contiguous slice of a global batch (sizes differ by at most one; may be empty)."""
+        lo, hi = len(rows) * self.rank // self.world, len(rows) * (self.rank + 1) // self.world
+        return rows[lo:hi]
+
+    def batch(self, examples: list[TokenizedExample], rows: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+        """This rank's slice of the global batch ``rows``, collated.
+
+        A short last batch of an epoch may leave a rank nothing: it then runs one row with every label masked
+        (zero loss, zero gradient) so that it still joins the gradient all-reduce.
+        """
+        mine = self.part(rows)
+        if not mine:
+            batch = collate([examples[rows[0]]], pad_id)
+            return {**batch, "labels": torch.full_like(batch["labels"], IGNORE_INDEX)}
+        return collate([examples[i] for i in mine], pad_id)
+
+    def sum(self, *values: float) -> list[float]:
+        """Element-wise sum over ranks (float64, so token counts stay exact)."""
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self._device())  # (len(values),)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def _device(self) -> torch.device:
+        return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
+
+    # ---- model
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module to call for a batch's loss sum: the model's LossModule, under DDP or FSDP2 when N > 1.
+
+        Call it after the adapter is initialised (the same on every rank): from here on each rank draws its own
+        dropout masks (seed + rank), as one process would draw different masks for different rows.
+        """
+        if self.world == 1:
+            return LossModule(model)
+        torch.manual_seed(torch.initial_seed() + self.rank)
+        model.to(self._device())
+        if self.fsdp:
+            from torch.distributed.fsdp import fully_shard
+
+            layer_types = set(getattr(model, "_no_split_modules", None) or [])
+            layers = [m for m in model.modules() if type(m).__name__ in layer_types]
+            if not layers:
+                raise LorakitError("--fsdp: cannot find the decoder layers of this model to shard")
+            sharded = [fully_shard(layer) for layer in layers]
+            # The shared-prefix path runs each layer twice per forward; FSDP2 hooks expect one call per forward.
+            loss = LossModule(model, share_prefix=False)
+            root = fully_shard(loss)  # the same object, its class swapped for an FSDP one
+            for m in [*sharded, root]:
+                m.set_gradient_divide_factor(1.0)  # sum: each rank's loss is already over the global count
+                m.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no PREMUL_SUM)
+            return loss
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(
+            LossModule(model), device_ids=[self.local_rank] if self.backend == "nccl" else None
+        )
+        ddp.register_comm_hook(self, _sum_and_count)
+        return ddp
+
+    def accumulate(self, module: nn.Module, sync: bool) -> contextlib.AbstractContextManager[Any]:
+        """Within a step's micro-batches, communicate gradients only after the last one."""
+        if self.world == 1 or sync:
+            if self.fsdp:
+                module.set_requires_gradient_sync(True)  # type: ignore[operator]
+            return contextlib.nullcontext()
+        if self.fsdp:
+            module.set_requires_gradient_sync(False)  # type: ignore[operator]
+            return contextlib.nullcontext()
+        return module.no_sync()  # type: ignore[operator]
+
+    # ---- checkpoints
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """What a checkpoint records about the processes: their number and each rank's RNG state (a collective:
+        every rank calls it, rank 0 writes it)."""
+        if self.world == 1:
+            return {}
+        states: list[Any] = [None] * self.world
+        dist.all_gather_object(states, rng_state())
+        return {"processes": self.world, "rng_ranks": states}
+
+    def resumed(self, folder: Path, extra: dict[str, Any]) -> None:
+        """Check a checkpoint was written by as many processes as now run, and restore this rank's RNG state."""
+        if extra.get("processes", 1) != self.world:
+            raise LorakitError(
+                f"{folder}: written by {extra.get('processes', 1)} processes, resumed with "
+                f"{self.world}; the global batch would change (--batch-size is per process)"
+            )
+        if self.world > 1:
+            set_rng_state(extra["rng_ranks"][self.rank])
+
+    @contextlib.contextmanager
+    def full_params(self, module: nn.Module) -> Iterator[None]:
+        """FSDP2: every parameter gathered whole (on every rank) for the block, e.g. to save the adapter."""
+        if not self.fsdp or self.world == 1:
+            yield
+            return
+        from torch.distributed.fsdp import FSDPModule
+
+        sharded = [m for m in module.modules() if isinstance(m, FSDPModule)]
+        for m in sharded:
+            m.unshard()
+        try:
+            yield
+        finally:
+            for m in sharded:
+                m.reshard()
+
+    @property
+    def evaluates(self) -> bool:
+        """Rank 0 evaluates alone, except under FSDP2 where every forward needs every rank's shards."""
+        return self.is_main or (self.fsdp and self.world > 1)
+
+    def eval_module(self, forward: nn.Module) -> nn.Module:
+        """What evaluation calls: DDP's inner module (no collectives, so rank 0 alone can run it)."""
+        inner = getattr(forward, "module", None)
+        return inner if isinstance(inner, LossModule) and not self.fsdp else forward
+
+    def report_traffic(self, steps: int) -> None:
+        """Log the gradient bytes DDP actually all-reduced per step (counted by its communication hook)."""
+        if self.world > 1 and not self.fsdp and self.is_main and steps:
+            tqdm.write(f"lorakit: all-reduced {self.bytes_reduced // steps:,} bytes of gradients per step (measured)")
+
+    def describe(self, model: nn.Module, batch_size: int, grad_accum: int) -> str:
+        """One log line: global batch and what a step communicates, next to what full fine-tuning would."""
+        if self.world == 1:
+            return (
+                f"1 process; batch {batch_size} x {grad_accum} accumulation = {batch_size * grad_accum} examples/step"
+            )
+        named = list(model.named_parameters())  # tied weights once
+        lora = sum(p.numel() * 4 for _, p in named if p.requires_grad)  # fp32 gradients
+        full = sum(p.numel() * 4 for n, p in named if "lora_" not in n)  # every base weight trainable instead
+        kind = "FSDP2 (base sharded), reduce-scatters" if self.fsdp else "DDP, all-reduces"
+        return (
+            f"{self.world} processes ({self.backend}); global batch {batch_size} x {self.world} processes x "
+            f"{grad_accum} accumulation = {batch_size * self.world * grad_accum} examples/step; {kind} "
+            f"{lora:,} bytes of adapter gradients per step (full fine-tuning would send {full:,})"
+        )
+
+    def finish(self) -> None:
+        if self.owns_group:
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def start(fsdp: bool) -> Processes:
+    """Join torchrun's process group (gloo on CPU, NCCL on GPU), or return the plain single-process run."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 and not dist.is_initialized():
+        return Processes(fsdp=False)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    owns = not dist.is_initialized()
+    if owns:
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    backend = str(dist.get_backend())
+    return Processes(dist.get_rank(), dist.get_world_size(), local_rank, fsdp, owns, backend=backend)
+
+
+def _sum_and_count(procs: Processes, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """DDP communication hook: all-reduce a gradient bucket with SUM and count its bytes."""
+    buffer = bucket.buffer()  # (bucket numel,) flat gradients
+    procs.bytes_reduced += buffer.numel() * buffer.element_size()
+    work = dist.all_reduce(buffer, async_op=True)
+    assert work is not None
+    return work.get_future().then(lambda fut: fut.value()[0])
+
+
+class QuietLog(MetricsLog):
+    """The metrics log of ranks other than 0: they train, rank 0 writes."""
+
+    def __init__(self) -> None:
+        pass
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def read(self) -> list[dict[str, Any]]:
+        return []
+
+
+# DDP checks a hook's annotations against the classes themselves; ``from __future__ import annotations`` made them
+# strings, so put the objects back.
+_sum_and_count.__annotations__.update(bucket=dist.GradBucket, **{"return": torch.futures.Future[torch.Tensor]})
