@@ -40,3 +40,5 @@ clean-venv:
 
 bench: $(STAMP)
 	$(PY) -m bench.loss_paths
+	$(PY) -m bench.mixed_adapters
+	$(PY) -m bench.serve_load

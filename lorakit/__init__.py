@@ -25,6 +25,7 @@ from lorakit.combine import combine_adapters
 from lorakit.config import IA3Config, LoraConfig
 from lorakit.errors import AdapterError, DataError, LorakitError, ModelError
 from lorakit.io import load_adapter, save_adapter
+from lorakit.mixed import row_adapters
 from lorakit.models import load_model
 
 __version__ = "0.1.0"
@@ -45,6 +46,7 @@ __all__ = [
     "load_adapter",
     "load_model",
     "merge_adapters",
+    "row_adapters",
     "save_adapter",
     "set_adapters",
     "unload",

@@ -199,6 +199,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from lorakit.serve.server import parse_adapter_flags, serve
+
+    serve(args.model, parse_adapter_flags(args.adapter), args.adapter_dir, args.host, args.port, args.max_batch,
+          args.max_new_tokens, args.max_input_tokens, args.dtype)  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lorakit import __version__
 
@@ -249,6 +257,18 @@ def build_parser() -> argparse.ArgumentParser:
         sub.choices[name].add_argument(
             "--trust-remote-code", action="store_true", help="let the model folder run its own Python code"
         )
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible server for the base model and its adapters")
+    p.add_argument("--model", help="base model (default: the built-in SmolLM2-135M-Instruct)")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="serve this adapter as NAME")
+    p.add_argument("--adapter-dir", help="folder whose adapters POST /v1/adapters/load may load, by name")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=_positive, default=8, help="requests decoded together (1: no batching)")
+    p.add_argument("--max-new-tokens", type=_positive, default=256, help="the largest max_tokens a request may ask")
+    p.add_argument("--max-input-tokens", type=_positive, default=2048, help="longer prompts are refused (400)")
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 where fast")
+    p.set_defaults(func=cmd_serve)
     for command in sub.choices.values():  # --debug also after the subcommand
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -59,6 +60,8 @@ class LoraLayer(nn.Module):
     """Bookkeeping shared by all wrappers: named adapters, which are active, which are merged."""
 
     adapter_param_names: tuple[str, ...] = ()
+    # Set by lorakit.mixed.row_adapters: the update for a batch whose rows use different adapters.
+    row_delta: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
@@ -104,6 +107,8 @@ class LoraLayer(nn.Module):
         result = self.base_layer(x, *args, **kwargs)
         if self.disabled:
             return result
+        if self.row_delta is not None:
+            return result + self.row_delta(x).to(result.dtype)
         for name in self.active_adapters:
             if name not in self.merged_adapters:
                 result = result + self.lora_delta(x, name).to(result.dtype)

@@ -1,0 +1,91 @@
+"""Loading the base model and adapters for ``lorakit serve``, and running the app under uvicorn."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+import lorakit
+from lorakit.errors import LorakitError
+from lorakit.models import BUILTIN_NAME, is_builtin
+from lorakit.serve.engine import Engine
+
+Dtype = Literal["auto", "fp32", "bf16"]
+
+
+def parse_adapter_flags(flags: Sequence[str]) -> dict[str, Path]:
+    """``NAME=DIR`` pairs from ``--adapter`` (a bare ``DIR`` is named after its folder)."""
+    adapters: dict[str, Path] = {}
+    for flag in flags:
+        name, sep, folder = flag.partition("=")
+        if not sep:
+            name, folder = Path(flag).name, flag
+        if not name or not folder:
+            raise LorakitError(f"--adapter {flag!r}: expected NAME=DIR")
+        if name in adapters:
+            raise LorakitError(f"--adapter: the name {name!r} is given twice")
+        adapters[name] = Path(folder)
+    return adapters
+
+
+def load_engine(model: str | None, dtype: Dtype = "auto", max_batch: int = 8) -> tuple[Engine, str]:
+    """The base model in its serving precision, wrapped in an engine; and the name clients use for it.
+
+    "auto" is bf16 where the hardware runs it fast (as ``lorakit generate``); adapters stay float32 (they are
+    loaded after the cast), so their small updates are computed at full precision.
+    """
+    from lorakit.train.loop import resolve_precision
+
+    base, tokenizer = lorakit.load_model(model)
+    weight = next(base.parameters())
+    if dtype == "bf16" or (dtype == "auto" and resolve_precision("auto", weight.device) == torch.bfloat16):
+        base.to(torch.bfloat16)
+    name = BUILTIN_NAME if is_builtin(model) else str(model)
+    return Engine(base.eval(), tokenizer, max_batch=max_batch), name
+
+
+def serve(
+    model: str | None = None,
+    adapters: dict[str, Path] | None = None,
+    adapter_dir: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch: int = 8,
+    max_new_tokens: int = 256,
+    max_input_tokens: int = 2048,
+    dtype: Dtype = "auto",
+) -> None:
+    """Load everything, then answer HTTP requests until interrupted."""
+    try:
+        import uvicorn
+
+        from lorakit.serve.app import create_app
+    except ImportError as err:
+        raise LorakitError(f"lorakit serve needs its web stack: pip install 'lorakit[serve]' ({err})") from None
+    if adapter_dir is not None and not Path(adapter_dir).is_dir():
+        raise LorakitError(f"--adapter-dir {adapter_dir}: no such folder")
+    state = build_state(model, adapters or {}, adapter_dir, max_batch, max_new_tokens, max_input_tokens, dtype)
+    print(f"lorakit serve: http://{host}:{port}/v1  models: {', '.join([state.base_name, *state.adapters])}")
+    uvicorn.run(create_app(state), host=host, port=port, log_level="warning")
+    state.engine.close()
+
+
+def build_state(
+    model: str | None, adapters: dict[str, Path], adapter_dir: str | None, max_batch: int = 8,
+    max_new_tokens: int = 256, max_input_tokens: int = 2048, dtype: Dtype = "auto",
+) -> Any:  # fmt: skip
+    """A ready ``ServerState``: model, engine and the ``--adapter`` adapters loaded."""
+    from lorakit.io import find_adapter_folder
+    from lorakit.serve.app import ServerState
+
+    for folder in adapters.values():
+        find_adapter_folder(folder)  # a wrong path fails before the model is loaded
+    engine, name = load_engine(model, dtype, max_batch)
+    state = ServerState(engine, name, Path(adapter_dir) if adapter_dir else None, max_new_tokens, max_input_tokens)
+    for adapter, folder in adapters.items():
+        engine.call(functools.partial(state.load, adapter, folder)).result()
+    return state
