@@ -31,6 +31,7 @@ from lorakit.data.jsonl import read_jsonl
 from lorakit.data.tokenize import TokenizedExample, tokenize_dataset
 from lorakit.errors import LorakitError
 from lorakit.io import save_adapter
+from lorakit.layers import Linear
 from lorakit.models import BUILTIN_NAME, load_model
 from lorakit.train.checkpoint import clean_temporary, list_checkpoints, load_checkpoint, save_checkpoint
 from lorakit.train.loss import token_loss_sum
@@ -137,6 +138,25 @@ def mean_token_loss(
     return total / max(count, 1)
 
 
+def prepare_for_training(model: torch.nn.Module, autocast: torch.dtype | None, checkpointing: bool) -> None:
+    """Frozen base Linear weights stored in the autocast dtype; activation checkpointing if asked.
+
+    Autocast would cast each fp32 base weight to bf16 at every call; storing them in bf16 halves their memory
+    and skips the casts. Adapters stay fp32 (their gradients and AdamW state too), and so do embeddings and
+    norms, so the residual stream keeps fp32 as under plain autocast.
+    """
+    if autocast is not None:
+        for module in model.modules():
+            if isinstance(module, Linear) and not any(p.requires_grad for p in module.base_layer.parameters()):
+                module.base_layer.to(autocast)
+    if checkpointing:
+        enable = getattr(model, "gradient_checkpointing_enable", None)
+        if not callable(enable):
+            raise LorakitError(f"--gradient-checkpointing: {type(model).__name__} has no gradient_checkpointing_enable")
+        # Non-reentrant checkpointing needs no input that requires grad, so a frozen base works as is.
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def _autocast(dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
     return torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
@@ -174,6 +194,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     base_name = config.model or BUILTIN_NAME
     lora = dataclasses.replace(config.lora_config(), base_model_name_or_path=base_name)
     add_adapter(model, lora)
+    prepare_for_training(model, autocast, config.gradient_checkpointing)
     trainable, total = count_parameters(model)
     optimizer = build_optimizer(model, config)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * batches.per_epoch / config.grad_accum))

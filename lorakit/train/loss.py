@@ -88,6 +88,11 @@ def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], share_prefi
         logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"]).logits[:, :-1]  # (B, T-1, V)
         return F.cross_entropy(logits[keep].float(), targets[keep], reduction="sum")
     backbone, head = parts
+    # transformers' checkpointed layers drop the cache, which the shared prefix needs: run whole rows then.
+    checkpointed = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.2x; older: _gradient_
+    if checkpointed is None:
+        checkpointed = getattr(model, "is_gradient_checkpointing", False)
+    share_prefix = share_prefix and not checkpointed
     prefix = shared_prefix_length(batch) if share_prefix else 0
     hidden = _suffix_hidden(backbone, batch, prefix) if prefix else None
     if hidden is None:
