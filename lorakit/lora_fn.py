@@ -20,9 +20,9 @@ Backward, given G = dL/dy (N, out)::
     dL/dA = (dL/dh)^T x            (r, in)     since h_nj = Σ_i x_ni A_ji
     dL/dx = (dL/dh) A              (N, in)
 
-All products run in the compute dtype (the autocast dtype when autocast is on, else the adapter's dtype, as the
-two Linear calls after ``x.to(A.dtype)`` did), as autocast would run the two Linear calls; the gradients are returned in the dtype of the
-tensor they belong to (fp32 for adapter weights).
+All products run in the compute dtype: the autocast dtype when autocast is on, else the adapter's dtype (as the
+two Linear calls after ``x.to(A.dtype)`` did). Gradients are returned in the dtype of the tensor they belong to
+(fp32 for adapter weights).
 """
 
 from __future__ import annotations
