@@ -140,11 +140,17 @@ def main(argv: list[str] | None = None) -> Path:
             result = run_child("bench.train_speed", ["--child", name, "--steps", str(args.steps), *extra])
             runs[name].append(result)
             print(f"{name}: {median(result['seconds']):.2f} s/step, {result['peak_rss_mb']:.0f} MB", flush=True)
+            _write(runs, peaks, args)  # after every run: an interrupted suite still leaves its rows
         for key, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):  # the best seen in the run
             peaks[key] = max(peaks[key], matmul_gflops(dtype, size))
+    return _write(runs, peaks, args)
 
+
+def _write(runs: dict[str, list[dict[str, Any]]], peaks: dict[str, float], args: argparse.Namespace) -> Path:
     summary = {}
     for name, results in runs.items():
+        if not results:
+            continue
         sec = median([median(r["seconds"]) for r in results])
         summary[name] = {**results[0], "s_step": sec, "tok_s": results[0]["tokens"] / sec,
                          "rss": median([r["peak_rss_mb"] for r in results])}  # fmt: skip
@@ -171,7 +177,8 @@ def main(argv: list[str] | None = None) -> Path:
     model = "a tiny random Llama (--quick)" if args.quick else "SmolLM2-135M-Instruct"
     notes = (
         f"{model}, one batch of 4 examples ({tokens} tokens), LoRA r={R} alpha={ALPHA} on all 7 projections. "
-        f"Medians of {args.steps} timed steps per run, {args.repeats} runs per configuration, alternating. "
+        f"Medians of {args.steps} timed steps per run, {min(len(r) for r in runs.values() if r)} run(s) per "
+        "configuration, alternating. "
         f"Matmul peak measured in the same run: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s "
         "(best 2048^3 product). GFLOP/step counts the matmuls really executed (torch FlopCounterMode, backward and "
         "checkpoint recomputation included), so lorakit's skipped work (head only on label positions, shared "
