@@ -147,7 +147,10 @@ def prepare_for_training(model: torch.nn.Module, autocast: torch.dtype | None, c
     """
     if autocast is not None:
         for module in model.modules():
-            if isinstance(module, Linear) and not any(p.requires_grad for p in module.base_layer.parameters()):
+            if not isinstance(module, Linear) or any(p.requires_grad for p in module.base_layer.parameters()):
+                continue
+            weight = module.weight
+            if type(weight) in (torch.Tensor, torch.nn.Parameter) and weight.dtype == torch.float32:  # not quantised
                 module.base_layer.to(autocast)
     if checkpointing:
         enable = getattr(model, "gradient_checkpointing_enable", None)
