@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -111,6 +112,27 @@ def child(name: str, steps: int, quick: bool) -> dict[str, Any]:
             "flops": counter.get_total_flops(), "peak_rss_mb": peak_rss_mb()}  # fmt: skip
 
 
+def _previous(path: Path, exclude: set[str]) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
+    """Runs (one per configuration, from its row) and matmul peaks of an existing train_speed.json."""
+    if not path.exists():
+        return {}, {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    col = {c: i for i, c in enumerate(data["columns"])}
+    runs = {}
+    for row in data["rows"]:
+        if row[0] in exclude or row[0] not in CONFIGS:
+            continue
+        sec = row[col["s/step"]]
+        runs[row[0]] = [{
+            "seconds": [sec], "tokens": round(row[col["tokens/s"]] * sec), "dtype": row[col["computes in"]],
+            "trainable": row[col["trainable params"]], "flops": row[col["GFLOP/step"]] * 1e9,
+            "peak_rss_mb": row[col["peak RSS MB"]],
+        }]  # fmt: skip
+    found = re.search(r"fp32 (\d+) GFLOP/s, bf16 (\d+) GFLOP/s", data["notes"])
+    peaks = {"fp32": float(found[1]), "bf16": float(found[2])} if found else {}
+    return runs, peaks
+
+
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
@@ -122,6 +144,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--quick", action="store_true", help="tiny random model (checks the harness, for CI)")
     parser.add_argument("--configs", default="", help="comma-separated subset of the configuration names")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--keep", action="store_true", help="keep the existing rows of configurations not run now")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -133,7 +156,12 @@ def main(argv: list[str] | None = None) -> Path:
         parser.error(f"unknown configurations {sorted(unknown)}; known: {list(CONFIGS)}")
     size = 256 if args.quick else 2048
     peaks = {"fp32": matmul_gflops(torch.float32, size), "bf16": matmul_gflops(torch.bfloat16, size)}
-    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in CONFIGS if n in names}
+    if args.keep:  # rows of configurations not run now come from the existing file (e.g. after a code change)
+        kept, kept_peaks = _previous(args.out / "train_speed.json", exclude=set(names))
+        runs = {n: kept.get(n, []) for n in CONFIGS if n in names or n in kept}
+        args.kept = [n for n in kept if n not in names]
+        peaks = {k: max(v, kept_peaks.get(k, 0.0)) for k, v in peaks.items()}
     for rep in range(args.repeats):
         for name in names if rep % 2 == 0 else names[::-1]:
             extra = ["--quick"] if args.quick else []
@@ -187,6 +215,8 @@ def _write(runs: dict[str, list[dict[str, Any]]], peaks: dict[str, float], args:
         "lorakit.train's step (token_loss_sum, build_optimizer, "
         "prepare_for_training); peft and full FT use transformers' loss with a plain torch loop."
     )
+    if getattr(args, "kept", None):
+        notes += f" Rows kept from an earlier run of this script (--keep): {', '.join(args.kept)}."
     return write_result(
         "train_speed", "Training step: lorakit vs peft vs full fine-tuning", _command(args), columns, rows, notes,
         args.out,

@@ -20,6 +20,9 @@ Backward, given G = dL/dy (N, out)::
     dL/dA = (dL/dh)^T x            (r, in)     since h_nj = Σ_i x_ni A_ji
     dL/dx = (dL/dh) A              (N, in)
 
+The scalar s is applied to the r-wide tensors (h, dL/dh), never to an (N, out) one: same result, out/r fewer
+multiplications.
+
 All products run in the compute dtype: the autocast dtype when autocast is on, else the adapter's dtype (as the
 two Linear calls after ``x.to(A.dtype)`` did). Gradients are returned in the dtype of the tensor they belong to
 (fp32 for adapter weights).
@@ -50,8 +53,8 @@ class LoraProduct(torch.autograd.Function):
         ctx.scaling, ctx.dtype = scaling, dtype
         ctx.save_for_backward(x, a, b)
         with torch.autocast(x.device.type, enabled=False):  # the casts below are explicit
-            h = x.to(dtype) @ a.to(dtype).T  # (..., r)
-            return (h @ b.to(dtype).T) * scaling  # (..., out)
+            h = (x.to(dtype) @ a.to(dtype).T) * scaling  # (..., r): scaled here, r wide, not on the (..., out) side
+            return h @ b.to(dtype).T  # (..., out)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
@@ -60,13 +63,13 @@ class LoraProduct(torch.autograd.Function):
         need_x, need_a, need_b = ctx.needs_input_grad[:3]
         with torch.autocast(grad.device.type, enabled=False):
             xs = x.to(dtype).reshape(-1, x.shape[-1])  # (N, in)
-            g = grad.to(dtype).reshape(-1, grad.shape[-1]) * scaling  # (N, out), s·G
+            g = grad.to(dtype).reshape(-1, grad.shape[-1])  # (N, out)
             ac, bc = a.to(dtype), b.to(dtype)
             grad_b = None
             if need_b:
-                h = xs @ ac.T  # (N, r), recomputed instead of saved
+                h = (xs @ ac.T) * scaling  # (N, r) = s·h, recomputed instead of saved
                 grad_b = (g.T @ h).to(b.dtype)  # (out, r)
-            grad_h = g @ bc  # (N, r)
+            grad_h = (g @ bc) * scaling  # (N, r)
             grad_a = (grad_h.T @ xs).to(a.dtype) if need_a else None  # (r, in)
             grad_x = (grad_h @ ac).reshape(x.shape).to(x.dtype) if need_x else None  # (..., in)
         return grad_x, grad_a, grad_b, None, None
