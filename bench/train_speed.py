@@ -227,6 +227,8 @@ def _command(args: argparse.Namespace) -> str:
     parts = ["python -m bench.train_speed", f"--steps {args.steps}", f"--repeats {args.repeats}"]
     if args.quick:
         parts.append("--quick")
+    if args.keep:
+        parts.append("--keep")
     if args.configs:
         parts.append(f"--configs '{args.configs}'")
     return " ".join(parts)
