@@ -8,7 +8,7 @@ PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.lorakit-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test lint format bench clean-venv
+.PHONY: demo test lint format bench bench-quick clean-venv
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,6 +39,7 @@ clean-venv:
 	rm -rf $(VENV)
 
 bench: $(STAMP)
-	$(PY) -m bench.loss_paths
-	$(PY) -m bench.mixed_adapters
-	$(PY) -m bench.serve_load
+	$(PY) -m bench.suite
+
+bench-quick: $(STAMP)
+	$(PY) -m bench.suite --quick

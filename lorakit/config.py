@@ -393,7 +393,9 @@ class TrainConfig:
     seed: int = 0
     """Seed for adapter init, data order and dropout."""
     precision: Precision = "auto"
-    """auto: bf16 autocast where the hardware has fast bf16, else fp32."""
+    """auto: bf16 where the hardware has fast bf16 (frozen base weights stored in bf16, adapters fp32), else fp32."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward: less memory for ~1/3 more compute."""
     save_every: int = 0
     """Checkpoint every N steps (0 = only the final adapter)."""
     eval_every: int = 0

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorakit.lora_fn import lora_product
+
 InitMode = bool | str
 
 
@@ -188,6 +190,8 @@ class Linear(LoraLayer):
 
     def lora_delta(self, x: torch.Tensor, name: str) -> torch.Tensor:
         lora_A, lora_B = self.lora_A[name], self.lora_B[name]
+        if isinstance(self.lora_dropout[name], nn.Identity):  # one autograd node that saves only x, A, B
+            return lora_product(x, weight_of(lora_A), weight_of(lora_B), self.scaling[name])  # (..., out)
         x = self.lora_dropout[name](x.to(weight_of(lora_A).dtype))
         return lora_B(lora_A(x)) * self.scaling[name]  # (..., out)
 

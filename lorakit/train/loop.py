@@ -152,6 +152,30 @@ def mean_token_loss(
     return total / max(count, 1)
 
 
+def prepare_for_training(model: torch.nn.Module, autocast: torch.dtype | None, checkpointing: bool) -> None:
+    """Frozen base weights stored in the autocast dtype; activation checkpointing if asked.
+
+    Autocast would cast each fp32 base weight, and each fp32 activation entering a Linear, to bf16 at every call
+    (and the gradients back in the backward): a sixth of a step's time in copies on a 2-core CPU. With every
+    frozen parameter in bf16 (Linear weights, embeddings, norms: the whole model computes in bf16, as a model
+    loaded in bf16 does) those casts disappear and the base takes half the memory. Trained parameters (the
+    adapters), their gradients and the AdamW state stay fp32; buffers (rotary frequencies) stay as they are,
+    and the loss is summed in fp32.
+    """
+    if autocast is not None:
+        for module in model.modules():
+            for param in module.parameters(recurse=False):
+                # plain fp32 tensors only: a quantised base keeps its storage
+                if not param.requires_grad and type(param) is torch.nn.Parameter and param.dtype == torch.float32:
+                    param.data = param.data.to(autocast)
+    if checkpointing:
+        enable = getattr(model, "gradient_checkpointing_enable", None)
+        if not callable(enable):
+            raise LorakitError(f"--gradient-checkpointing: {type(model).__name__} has no gradient_checkpointing_enable")
+        # Non-reentrant checkpointing needs no input that requires grad, so a frozen base works as is.
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def _autocast(dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
     return torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
@@ -190,6 +214,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     base_name = config.model or BUILTIN_NAME
     adapter = dataclasses.replace(config.adapter_config(), base_model_name_or_path=base_name)
     add_adapter(model, adapter)
+    prepare_for_training(model, autocast, config.gradient_checkpointing)
     trainable, total = count_parameters(model)
     forward = procs.wrap(model)  # batch -> loss sum; under DDP/FSDP2 it syncs the adapter gradients
     optimizer = build_optimizer(model, config)

@@ -2,7 +2,9 @@
 
 The output head of a small LLM is a large share of its compute (SmolLM2: a 576 x 49,152 matrix, ~20% of the
 model's FLOPs) and its fp32 logits dominate activation memory (201 MB per 4 x 256 batch). Only assistant
-tokens carry a loss, so the head runs on those positions alone: same loss, a fraction of the work.
+tokens carry a loss, so the head runs on those positions alone: same loss, a fraction of the work. The
+cross-entropy runs over those positions in chunks, each chunk's gradient computed as it goes
+(``head_cross_entropy_sum``), so the full-vocabulary fp32 logits never exist for the whole batch at once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import nn
 
 IGNORE_INDEX = -100
 MIN_SHARED_PREFIX = 8  # below this, a separate prefix pass costs more than it saves
+HEAD_CHUNK = 256  # label positions per head chunk: 256 x 49,152 fp32 logits are 50 MB (not 201 MB per 4 x 256 batch)
 
 
 def _backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
@@ -85,6 +88,11 @@ def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], share_prefi
         logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"]).logits[:, :-1]  # (B, T-1, V)
         return F.cross_entropy(logits[keep].float(), targets[keep], reduction="sum")
     backbone, head = parts
+    # transformers' checkpointed layers drop the cache, which the shared prefix needs: run whole rows then.
+    checkpointed = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.2x; older: _gradient_
+    if checkpointed is None:
+        checkpointed = getattr(model, "is_gradient_checkpointing", False)
+    share_prefix = share_prefix and not checkpointed
     prefix = shared_prefix_length(batch) if share_prefix else 0
     hidden = _suffix_hidden(backbone, batch, prefix) if prefix else None
     if hidden is None:
@@ -93,5 +101,62 @@ def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], share_prefi
         hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state  # (B, T, H)
     targets = labels[:, prefix + 1 :]  # (B, T-P-1)
     keep = targets != IGNORE_INDEX
-    logits = head(hidden[:, :-1][keep])  # (N, V) for the N label positions only
-    return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    return head_cross_entropy_sum(head, hidden[:, :-1][keep], targets[keep])  # over the N label positions only
+
+
+class _ChunkedHeadCrossEntropy(torch.autograd.Function):
+    """Sum of cross-entropies of ``hidden @ W^T (+ bias)`` against ``targets``, ``chunk`` rows at a time.
+
+    For logits z = h W^T (+ b) and target t, the loss is ``logsumexp(z) - z_t`` and its gradient
+    ``dL/dz = softmax(z) - onehot(t)``, so ``dL/dh = (softmax(z) - onehot(t)) W``. The forward computes both per
+    chunk and keeps only dL/dh (N, H): the (N, V) fp32 logits never exist for more than ``chunk`` rows at a
+    time, and the backward is a multiplication by the incoming scalar gradient. The head's weight is frozen.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+        dtype: torch.dtype, chunk: int,
+    ) -> torch.Tensor:  # fmt: skip
+        need_grad = ctx.needs_input_grad[0]
+        grad_hidden = torch.empty_like(hidden) if need_grad else None  # (N, H)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        w = weight.to(dtype)  # (V, H): a no-op when the head is stored in the compute dtype
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, hidden.shape[0], chunk):
+                h = hidden[start : start + chunk].to(dtype)  # (n, H)
+                t = targets[start : start + chunk]  # (n,)
+                z = (h @ w.T).float()  # (n, V) fp32
+                if bias is not None:
+                    z += bias.float()
+                lse = torch.logsumexp(z, dim=-1)  # (n,)
+                total += (lse - z.gather(1, t[:, None]).squeeze(1)).sum()
+                if grad_hidden is not None:
+                    probs = z.sub_(lse[:, None]).exp_()  # (n, V) softmax, in place of the logits
+                    probs[torch.arange(len(t), device=t.device), t] -= 1
+                    grad_hidden[start : start + chunk] = (probs.to(dtype) @ w).to(hidden.dtype)  # (n, H)
+        ctx.save_for_backward(grad_hidden)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        (grad_hidden,) = ctx.saved_tensors
+        return grad_hidden * grad.to(grad_hidden.dtype), None, None, None, None, None
+
+
+def head_cross_entropy_sum(
+    head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = HEAD_CHUNK
+) -> torch.Tensor:
+    """``cross_entropy(head(hidden).float(), targets, reduction="sum")`` for hidden (N, H), targets (N,).
+
+    A plain frozen ``nn.Linear`` head goes through the chunked function above; any other head (trained, wrapped
+    by an adapter) through the plain path.
+    """
+    weight = getattr(head, "weight", None)
+    if type(head) is not nn.Linear or not isinstance(weight, torch.Tensor) or weight.requires_grad:
+        return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+    bias = head.bias if isinstance(head.bias, torch.Tensor) else None
+    device_type = hidden.device.type
+    autocast = torch.is_autocast_enabled(device_type) and weight.dtype in (torch.float32, torch.bfloat16)
+    dtype = torch.get_autocast_dtype(device_type) if autocast else torch.promote_types(hidden.dtype, weight.dtype)
+    return _ChunkedHeadCrossEntropy.apply(hidden, weight, bias, targets, dtype, chunk)  # type: ignore[no-any-return]

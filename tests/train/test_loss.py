@@ -56,3 +56,33 @@ def test_no_shared_prefix_for_different_prompts() -> None:
     batch["input_ids"][1] = batch["input_ids"][0]
     batch["labels"][:, 12:] = 5
     assert shared_prefix_length(batch) == 11
+
+
+def test_chunked_head_cross_entropy_matches_full_cross_entropy_float64() -> None:
+    from lorakit.train.loss import head_cross_entropy_sum
+
+    gen = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(6, 11, dtype=torch.float64).requires_grad_(False)
+    hidden = torch.randn(10, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 11, (10,), generator=gen)
+    hidden2 = hidden.detach().clone().requires_grad_()
+    loss = head_cross_entropy_sum(head, hidden, targets, chunk=3)  # chunks of 3, 3, 3, 1 rows
+    reference = torch.nn.functional.cross_entropy(hidden2 @ head.weight.T + head.bias, targets, reduction="sum")
+    torch.testing.assert_close(loss.double(), reference, rtol=1e-6, atol=1e-6)  # summed in fp32
+    (2.5 * loss).backward()
+    (2.5 * reference).backward()
+    torch.testing.assert_close(hidden.grad, hidden2.grad)
+
+
+def test_chunked_head_in_bf16_autocast_is_close_to_fp32() -> None:
+    from lorakit.train.loss import head_cross_entropy_sum
+
+    gen = torch.Generator().manual_seed(1)
+    head = torch.nn.Linear(32, 97, bias=False).requires_grad_(False)
+    hidden = torch.randn(40, 32, generator=gen)
+    targets = torch.randint(0, 97, (40,), generator=gen)
+    reference = torch.nn.functional.cross_entropy(head(hidden), targets, reduction="sum")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = head_cross_entropy_sum(head, hidden, targets, chunk=16)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, reference, rtol=2e-2, atol=0.0)
