@@ -257,8 +257,10 @@ class TrainConfig:
     """Held-out JSONL for the eval loss (``eval_every``); None for none."""
     output: str | None = None
     """Output folder; None for ``runs/<timestamp>``."""
-    method: Literal["lora"] = "lora"
-    """Fine-tuning method."""
+    method: Literal["lora", "qlora"] = "lora"
+    """Fine-tuning method: lora, or qlora (LoRA on a base whose Linear weights are quantised to --bits)."""
+    bits: int = 4
+    """QLoRA's base weights: 4 (NF4, double-quantised scales) or 8 (int8 per channel)."""
     r: int = 16
     """LoRA rank."""
     lora_alpha: float = 32
@@ -324,7 +326,11 @@ class TrainConfig:
             raise ValueError(f"--lora-dropout must be a number in [0, 1), got {self.lora_dropout!r}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"--lora-dropout must be a number in [0, 1), got {self.lora_dropout!r}")
-        choices = {"method": ("lora",), "lr_schedule": ("cosine", "linear", "constant"),
+        if self.bits not in (4, 8) or isinstance(self.bits, bool):
+            raise ValueError(f"--bits must be 4 or 8, got {self.bits!r}")
+        if self.bits != 4 and self.method != "qlora":
+            raise ValueError(f"--bits {self.bits} needs --method qlora (plain LoRA keeps the base unquantised)")
+        choices = {"method": ("lora", "qlora"), "lr_schedule": ("cosine", "linear", "constant"),
                    "precision": ("auto", "fp32", "bf16")}  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -333,6 +339,12 @@ class TrainConfig:
             raise ValueError(
                 f"--target-modules must be a comma list, a regex or all-linear, got {self.target_modules!r}"
             )
+
+    def quantize(self) -> Literal["nf4", "int8"] | None:
+        """How ``load_model`` stores the base's Linear weights: quantised for QLoRA, else not at all."""
+        if self.method != "qlora":
+            return None
+        return "nf4" if self.bits == 4 else "int8"
 
     def lora_config(self) -> LoraConfig:
         """The adapter config these flags describe."""

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorakit.quant import QuantLinear, dequantized_linear
+
 InitMode = bool | str
 
 
@@ -42,7 +44,7 @@ def weight_of(module: nn.Module) -> torch.Tensor:
 
 
 def is_linear_like(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or is_gpt2_conv1d(module)
+    return isinstance(module, (nn.Linear, QuantLinear)) or is_gpt2_conv1d(module)
 
 
 def _adapter_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -111,6 +113,10 @@ class LoraLayer(nn.Module):
 
     def merge(self, names: list[str], safe: bool = False) -> None:
         """``W += scaling * B A`` for each adapter in ``names`` it holds, summed in float32 and cast back."""
+        if isinstance(self.base_layer, QuantLinear) and any(n in self.r for n in names):
+            # Never re-quantise a merged weight (that loses what the adapter learned): merge into a de-quantised
+            # copy, which stays in float from then on.
+            self.base_layer = dequantized_linear(self.base_layer)
         weight = weight_of(self.base_layer)
         for name in names:
             if name not in self.r or name in self.merged_adapters:

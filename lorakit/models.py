@@ -20,6 +20,8 @@ from typing import Any
 import torch
 
 from lorakit.errors import ModelError
+from lorakit.quant import SCHEMES, Scheme, quantize_model
+from lorakit.quant.backends import import_quietly
 
 BUILTIN_NAME = "smollm2-135m-instruct"
 BUILTIN_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -78,6 +80,7 @@ def builtin_model_dir() -> Path:
 
 
 def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    import_quietly()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -102,15 +105,24 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_model(name_or_path: str | None = None, dtype: torch.dtype | str | None = None) -> tuple[Any, Any]:
+def load_model(
+    name_or_path: str | None = None, dtype: torch.dtype | str | None = None, quantize: Scheme | None = None
+) -> tuple[Any, Any]:
     """(model, tokenizer) for a causal LM, in evaluation mode with a pad token set.
 
     ``name_or_path``: None or "smollm2-135m-instruct" for the built-in model, a local transformers folder, a
     ``.gguf`` file, or a hub id (which needs a reachable hub). ``dtype`` defaults to float32.
+
+    ``quantize`` ("nf4" or "int8", for QLoRA) stores every Linear weight but the output head's quantised
+    (``lorakit.quant``); then ``dtype`` defaults to bfloat16, QLoRA's compute dtype, which the weights left in
+    float (embeddings, norms, head) take too, and which halves the memory peak while loading.
     """
+    if quantize is not None and quantize not in SCHEMES:
+        raise ModelError(f"unknown quantisation {quantize!r}; use one of {', '.join(SCHEMES)}")
+    import_quietly()  # transformers imports torchao when it is installed; without this it logs warnings
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch_dtype = resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype if dtype is not None or quantize is None else torch.bfloat16)
     if is_builtin(name_or_path):
         name_or_path = str(builtin_model_dir())
     assert name_or_path is not None
@@ -135,6 +147,8 @@ def load_model(name_or_path: str | None = None, dtype: torch.dtype | str | None 
             ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if quantize is not None and not quantize_model(model, quantize):
+        raise ModelError(f"{name_or_path}: --quantize {quantize} found no nn.Linear layer to quantise")
     model.eval()
     return model, tokenizer
 

@@ -151,7 +151,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     # ---- data (checked before the model is loaded: a broken line fails fast), model, tokens
     data_source, records = read_dataset(config.data)
     eval_records = read_dataset(config.eval_data)[1] if config.eval_data else []
-    model, tokenizer = load_model(config.model)
+    model, tokenizer = load_model(config.model, quantize=config.quantize())
     device = next(model.parameters()).device
     autocast = resolve_precision(config.precision, device)
     examples, stats = tokenize_dataset(tokenizer, records, config.seq_len, path=data_source)
@@ -178,9 +178,10 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     optimizer = build_optimizer(model, config)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * batches.per_epoch / config.grad_accum))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, total_steps))
+    base_kind = f" (base Linear weights in {config.quantize()})" if config.quantize() else ""
     _log(
-        f"LoRA r={config.r} alpha={config.lora_alpha} on {config.target_modules}: {trainable:,} trainable of "
-        f"{total:,} parameters ({100 * trainable / total:.2f}%); {total_steps} steps of "
+        f"LoRA r={config.r} alpha={config.lora_alpha} on {config.target_modules}{base_kind}: {trainable:,} trainable "
+        f"of {total:,} parameters ({100 * trainable / total:.2f}%); {total_steps} steps of "
         f"{config.batch_size} x {config.grad_accum} examples; precision {autocast or 'fp32'}; "
         f"padding {100 * waste:.0f}% of tokens"
     )
@@ -256,7 +257,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         metrics.write({"kind": "eval", "step": total_steps, "eval_loss": final["eval_loss"]})
     save_adapter(model, output)
     records = metrics.read()
-    plot_loss(records, output / "loss.png", f"LoRA r={config.r} on {Path(data_source).name}")
+    plot_loss(records, output / "loss.png", f"{config.method.upper()} r={config.r} on {Path(data_source).name}")
     seconds = time.perf_counter() - started
     info = {
         "lorakit_version": lorakit.__version__, "base_model": base_name, "data": data_source,
