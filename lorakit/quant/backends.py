@@ -76,7 +76,8 @@ def quantize_weight(weight: torch.Tensor, scheme: str) -> torch.Tensor:
     if scheme == "nf4":
         return tq.to_nf4(weight, block_size=NF4_BLOCK, scaler_block_size=scale_block(weight.numel() // NF4_BLOCK))
     if scheme == "int8":
-        from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor
+        with _quiet("torch.utils._pytree"):
+            from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor
 
         return Int8Tensor.from_hp(weight, granularity=tq.PerRow())  # symmetric absmax per output row
     raise ValueError(f"unknown quantisation {scheme!r}; use nf4 or int8")
