@@ -64,6 +64,7 @@ def child(name: str, batch_size: int, steps: int) -> dict[str, object]:
     start = time.perf_counter()
     model, tokenizer = lorakit.load_model(dtype=dtype, quantize=quantize)  # type: ignore[arg-type]
     load_seconds = time.perf_counter() - start
+    rss_loaded = _status_kib("VmRSS")
     lorakit.add_adapter(model, lorakit.LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
     wrapped = [m.base_layer for _, m in adapter_modules(model)]
     weight_bytes = sum(quantized_bytes(weight_of(m)) for m in wrapped)
@@ -86,7 +87,7 @@ def child(name: str, batch_size: int, steps: int) -> dict[str, object]:
         times.append(time.perf_counter() - t)
     return {
         "name": name, "weight_bytes": weight_bytes, "weight_numel": weight_numel,
-        "rss_before_steps_mib": (rss_before or 0) / 1024,
+        "rss_loaded_mib": (rss_loaded or 0) / 1024, "rss_before_steps_mib": (rss_before or 0) / 1024,
         "step_peak_mib": (_status_kib("VmHWM") or 0) / 1024 if can_reset else None,
         "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "load_seconds": load_seconds, "step_seconds": min(times), "loss": float(loss.detach()),
