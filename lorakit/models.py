@@ -21,7 +21,7 @@ import torch
 
 from lorakit.errors import ModelError
 from lorakit.quant import SCHEMES, Scheme, quantize_model
-from lorakit.quant.backends import import_quietly
+from lorakit.quant.backends import TORCHAO_IMPORT_LOGGERS, quiet_logs
 
 BUILTIN_NAME = "smollm2-135m-instruct"
 BUILTIN_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -80,12 +80,13 @@ def builtin_model_dir() -> Path:
 
 
 def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
-    import_quietly()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    with quiet_logs(*TORCHAO_IMPORT_LOGGERS):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        with quiet_logs(*TORCHAO_IMPORT_LOGGERS):
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except (OSError, ValueError) as err:
         raise ModelError(f"{path}: cannot load this GGUF file ({err})") from None
     # The de-quantised model keeps a GGUF quantizer marker that makes save_pretrained and Trainer refuse it.
@@ -119,8 +120,8 @@ def load_model(
     """
     if quantize is not None and quantize not in SCHEMES:
         raise ModelError(f"unknown quantisation {quantize!r}; use one of {', '.join(SCHEMES)}")
-    import_quietly()  # transformers imports torchao when it is installed; without this it logs warnings
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    with quiet_logs(*TORCHAO_IMPORT_LOGGERS):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype if dtype is not None or quantize is None else torch.bfloat16)
     if is_builtin(name_or_path):
@@ -155,12 +156,14 @@ def load_model(
 
 @contextlib.contextmanager
 def _quiet_progress() -> Iterator[None]:
+    """No progress bar, and none of the warnings of torchao's import, which transformers triggers on loading."""
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        yield
+        with quiet_logs(*TORCHAO_IMPORT_LOGGERS):
+            yield
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()

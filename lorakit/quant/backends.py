@@ -8,7 +8,6 @@ is likewise plain ``torch.mm`` on CPU.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -23,10 +22,15 @@ SCALE_BLOCK = 256
 """Block scales per double-quantisation group (QLoRA's 256), or the largest power of two dividing their count."""
 
 
+TORCHAO_IMPORT_LOGGERS = ("torchao", "torch.utils._pytree")
+"""torchao's import logs a warning per CUDA extension it cannot load (all of them on a CPU machine), and torch
+one per Enum torchao registers: noise for a user who did not ask for either. transformers imports torchao on
+its own import whenever torchao is installed."""
+
+
 @contextlib.contextmanager
-def _quiet(*names: str) -> Iterator[None]:
-    # torchao's import logs a warning per CUDA extension it cannot load (all of them on a CPU machine) and torch
-    # warns about an Enum it registers: noise for a user who only asked for a quantised model.
+def quiet_logs(*names: str) -> Iterator[None]:
+    """Only errors from the loggers ``names`` inside the block."""
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
@@ -40,18 +44,11 @@ def _quiet(*names: str) -> Iterator[None]:
 
 def _torchao() -> Any:
     try:
-        with _quiet("torchao", "torch.utils._pytree"):
+        with quiet_logs(*TORCHAO_IMPORT_LOGGERS):
             import torchao.quantization as tq
     except ImportError:
         raise LorakitError("quantised models need torchao: pip install torchao") from None
     return tq
-
-
-def import_quietly() -> None:
-    """Import torchao (when installed) without its warnings. transformers imports it on its own import
-    whenever it is installed, so call this before importing transformers to keep every command quiet."""
-    if importlib.util.find_spec("torchao") is not None:
-        _torchao()
 
 
 def scale_block(n_blocks: int) -> int:
@@ -76,7 +73,7 @@ def quantize_weight(weight: torch.Tensor, scheme: str) -> torch.Tensor:
     if scheme == "nf4":
         return tq.to_nf4(weight, block_size=NF4_BLOCK, scaler_block_size=scale_block(weight.numel() // NF4_BLOCK))
     if scheme == "int8":
-        with _quiet("torch.utils._pytree"):
+        with quiet_logs(*TORCHAO_IMPORT_LOGGERS):
             from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor
 
         return Int8Tensor.from_hp(weight, granularity=tq.PerRow())  # symmetric absmax per output row
