@@ -129,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from lorakit.eval.run import evaluate_contacts, evaluate_loss, markdown_table, summary, write_json
 
-    model, tokenizer = _model_with_adapter(args.model, args.adapter, args.trust_remote_code)
+    model, tokenizer = _model_with_adapter(args.model, args.adapter, args.quantize, args.trust_remote_code)
     if args.task == "contacts":
         metrics = evaluate_contacts(model, tokenizer, args.data, args.limit, args.batch_size)
         shown = summary(metrics)
@@ -145,15 +145,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_with_adapter(model_name: str | None, adapter: str | None, trust_remote_code: bool) -> tuple[Any, Any]:
-    """Base model plus adapter, merged and in the fastest precision for inference."""
+def _model_with_adapter(
+    model_name: str | None, adapter: str | None, quantize: str | None, trust_remote_code: bool
+) -> tuple[Any, Any]:
+    """Base model (``quantize``d as in QLoRA training, if given) plus adapter, merged and in the fastest
+    precision for inference."""
     import lorakit
     from lorakit.eval.run import prepare_for_inference
     from lorakit.io import find_adapter_folder
 
     if adapter:
         find_adapter_folder(adapter)  # a wrong path fails before the model is loaded
-    model, tokenizer = lorakit.load_model(model_name, trust_remote_code=trust_remote_code)
+    model, tokenizer = lorakit.load_model(
+        model_name,
+        quantize=quantize,  # type: ignore[arg-type]  # argparse checked it against lorakit.quant.SCHEMES
+        trust_remote_code=trust_remote_code,
+    )
     if adapter:
         lorakit.load_adapter(model, adapter)
     return prepare_for_inference(model), tokenizer
@@ -170,7 +177,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from lorakit.eval.generate import generate_batch, prompt_ids
 
     torch.manual_seed(args.seed)
-    model, tokenizer = _model_with_adapter(args.model, args.adapter, args.trust_remote_code)
+    model, tokenizer = _model_with_adapter(args.model, args.adapter, args.quantize, args.trust_remote_code)
     ids = prompt_ids(tokenizer, _conversation(args.system, args.prompt))
     print(generate_batch(model, tokenizer, [ids], args.max_new_tokens, args.temperature, args.top_p)[0])
     return 0
@@ -179,7 +186,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from lorakit.eval.chat import chat
 
-    model, tokenizer = _model_with_adapter(args.model, args.adapter, args.trust_remote_code)
+    model, tokenizer = _model_with_adapter(args.model, args.adapter, args.quantize, args.trust_remote_code)
     chat(model, tokenizer, args.system, args.max_new_tokens, args.temperature)
     return 0
 
@@ -187,7 +194,19 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from lorakit.export import merge_to_folder
 
-    folder = merge_to_folder(args.model, args.adapter, args.output, args.safe, args.trust_remote_code)
+    folder = merge_to_folder(
+        args.model,
+        args.adapter,
+        args.output,
+        safe=args.safe,
+        quantize=args.quantize,
+        trust_remote_code=args.trust_remote_code,
+    )
+    if args.quantize:
+        print(
+            f"the base was quantised ({args.quantize}): the adapter was merged into a de-quantised float32 copy of "
+            "its weights (the weights it was trained against), not re-quantised"
+        )
     print(f"merged model written to {folder}/ (loads with AutoModelForCausalLM.from_pretrained, no lorakit needed)")
     return 0
 
@@ -227,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write metrics and every prediction to this JSON file")
     p.add_argument("--limit", type=_positive, help="only the first N examples")
     p.add_argument("--batch-size", type=_positive, default=50)
+    _quantize_flag(p)
     p.set_defaults(func=cmd_eval)
 
     for name, helptext in (("generate", "one reply to --prompt"), ("chat", "a streaming terminal chat")):
@@ -240,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--seed", type=int, default=0)
         p.add_argument("--max-new-tokens", type=_positive, default=256)
         p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+        _quantize_flag(p)
         p.set_defaults(func=cmd_generate if name == "generate" else cmd_chat)
 
     p = sub.add_parser("merge", help="base + adapter -> a plain transformers model folder")
@@ -247,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--safe", action="store_true", help="refuse to merge non-finite weights")
+    _quantize_flag(p)
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("demo", help="evaluate, train and evaluate again on the built-in contacts task")
@@ -272,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():  # --debug also after the subcommand
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
+
+
+def _quantize_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quantize", choices=["nf4", "int8"],
+        help="quantise the base's Linear weights as QLoRA training did (train --method qlora --bits 4: nf4, 8: int8)",
+    )  # fmt: skip
 
 
 def _positive(text: str) -> int:

@@ -338,8 +338,8 @@ def _pattern_value(pattern: dict[str, Any], module_name: str, default: Any) -> A
 
 
 Precision = Literal["auto", "fp32", "bf16"]
-Method = Literal["lora", "dora", "ia3"]
-METHODS: tuple[str, ...] = ("lora", "dora", "ia3")
+Method = Literal["lora", "dora", "ia3", "qlora"]
+METHODS: tuple[str, ...] = ("lora", "dora", "ia3", "qlora")
 Schedule = Literal["cosine", "linear", "constant"]
 
 
@@ -360,6 +360,8 @@ class TrainConfig:
     """Output folder; None for ``runs/<timestamp>``."""
     method: Method = "lora"
     """Fine-tuning method: lora, dora (magnitude + direction), ia3 (scaling vectors; uses lr as given)."""
+    bits: int = 4
+    """QLoRA's base weights: 4 (NF4, double-quantised scales) or 8 (int8 per channel)."""
     r: int = 16
     """LoRA rank."""
     lora_alpha: float = 32
@@ -431,6 +433,10 @@ class TrainConfig:
             raise ValueError(f"--lora-dropout must be a number in [0, 1), got {self.lora_dropout!r}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"--lora-dropout must be a number in [0, 1), got {self.lora_dropout!r}")
+        if self.bits not in (4, 8) or isinstance(self.bits, bool):
+            raise ValueError(f"--bits must be 4 or 8, got {self.bits!r}")
+        if self.bits != 4 and self.method != "qlora":
+            raise ValueError(f"--bits {self.bits} needs --method qlora (plain LoRA keeps the base unquantised)")
         choices = {"method": METHODS, "lr_schedule": ("cosine", "linear", "constant"),
                    "precision": ("auto", "fp32", "bf16")}  # fmt: skip
         for name, allowed in choices.items():
@@ -442,6 +448,12 @@ class TrainConfig:
             raise ValueError(
                 f"--target-modules must be a comma list, a regex or all-linear, got {self.target_modules!r}"
             )
+
+    def quantize(self) -> Literal["nf4", "int8"] | None:
+        """How ``load_model`` stores the base's Linear weights: quantised for QLoRA, else not at all."""
+        if self.method != "qlora":
+            return None
+        return "nf4" if self.bits == 4 else "int8"
 
     def lora_config(self) -> LoraConfig:
         """The adapter config these flags describe."""

@@ -7,18 +7,34 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
+
 import lorakit
 from lorakit.errors import DiskFullError, LorakitError, is_disk_full
+from lorakit.quant import Scheme, dequantize_model
 
 
 def merge_to_folder(
-    model_name: str | None, adapter: str, output: str, safe: bool = False, trust_remote_code: bool = False
+    model_name: str | None,
+    adapter: str,
+    output: str,
+    safe: bool = False,
+    quantize: Scheme | None = None,
+    trust_remote_code: bool = False,
 ) -> Path:
-    """Merge ``adapter`` into the base weights (float32 sums) and save model, config and tokenizer."""
+    """Merge ``adapter`` into the base weights (float32 sums) and save model, config and tokenizer.
+
+    With ``quantize`` (a QLoRA adapter), the base is quantised as in training and then de-quantised to a float32
+    copy: the merge adds the adapter to exactly the weights it was trained against, and the sum is never
+    re-quantised (re-quantising it would round away most of what the adapter learned).
+    """
     folder = Path(output)
     if folder.exists() and any(folder.iterdir()):
         raise LorakitError(f"{folder}: output folder is not empty")
-    model, tokenizer = lorakit.load_model(model_name, trust_remote_code=trust_remote_code)
+    model, tokenizer = lorakit.load_model(model_name, quantize=quantize, trust_remote_code=trust_remote_code)
+    if quantize:
+        dequantize_model(model, torch.float32)
+        model.to(torch.float32)
     lorakit.load_adapter(model, adapter)
     lorakit.merge_adapters(model, safe=safe)
     plain = lorakit.unload(model, merge=True)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.lora_fn import lora_product
+from lorakit.quant import QuantLinear, dequantized_linear
 
 InitMode = bool | str
 
@@ -45,7 +46,7 @@ def weight_of(module: nn.Module) -> torch.Tensor:
 
 
 def is_linear_like(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or is_gpt2_conv1d(module)
+    return isinstance(module, (nn.Linear, QuantLinear)) or is_gpt2_conv1d(module)
 
 
 def _adapter_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -118,6 +119,10 @@ class LoraLayer(nn.Module):
 
     def merge(self, names: list[str], safe: bool = False) -> None:
         """``W += scaling * B A`` for each adapter in ``names`` it holds, summed in float32 and cast back."""
+        if isinstance(self.base_layer, QuantLinear) and any(n in self.r for n in names):
+            # Never re-quantise a merged weight (that loses what the adapter learned): merge into a de-quantised
+            # copy, which stays in float from then on.
+            self.base_layer = dequantized_linear(self.base_layer)
         weight = weight_of(self.base_layer)
         for name in names:
             if name not in self.r or name in self.merged_adapters:

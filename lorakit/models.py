@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import logging
 import os
 import shutil
 import tempfile
@@ -21,6 +20,8 @@ from typing import Any
 import torch
 
 from lorakit.errors import ModelError
+from lorakit.quant import SCHEMES, Scheme, quantize_model
+from lorakit.quant.backends import TORCHAO_IMPORT_LOGGERS, quiet_logs
 
 BUILTIN_NAME = "smollm2-135m-instruct"
 BUILTIN_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -79,11 +80,13 @@ def builtin_model_dir() -> Path:
 
 
 def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    with quiet_logs(*TORCHAO_IMPORT_LOGGERS):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        with quiet_logs(*TORCHAO_IMPORT_LOGGERS):
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except (OSError, ValueError) as err:
         raise ModelError(f"{path}: cannot load this GGUF file ({err})") from None
     # The de-quantised model keeps a GGUF quantizer marker that makes save_pretrained and Trainer refuse it.
@@ -104,22 +107,27 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
 
 
 def load_model(
-    name_or_path: str | None = None, dtype: torch.dtype | str | None = None, trust_remote_code: bool = False
+    name_or_path: str | None = None,
+    dtype: torch.dtype | str | None = None,
+    quantize: Scheme | None = None,
+    trust_remote_code: bool = False,
 ) -> tuple[Any, Any]:
     """(model, tokenizer) for a causal LM, in evaluation mode with a pad token set.
 
     ``name_or_path``: None or "smollm2-135m-instruct" for the built-in model, a local transformers folder, a
     ``.gguf`` file, or a hub id (which needs a reachable hub). ``dtype`` defaults to float32.
     ``trust_remote_code``: let a model folder run its own Python code (its ``auto_map``); off unless asked.
+
+    ``quantize`` ("nf4" or "int8", for QLoRA) stores every Linear weight but the output head's quantised
+    (``lorakit.quant``); then ``dtype`` defaults to bfloat16, QLoRA's compute dtype, which the weights left in
+    float (embeddings, norms, head) take too, and which halves the memory peak while loading.
     """
-    with _quiet_torchao_import():
-        return _load_model(name_or_path, dtype, trust_remote_code)
+    if quantize is not None and quantize not in SCHEMES:
+        raise ModelError(f"unknown quantisation {quantize!r}; use one of {', '.join(SCHEMES)}")
+    with quiet_logs(*TORCHAO_IMPORT_LOGGERS):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-
-def _load_model(name_or_path: str | None, dtype: torch.dtype | str | None, trust_remote_code: bool) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch_dtype = resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype if dtype is not None or quantize is None else torch.bfloat16)
     if is_builtin(name_or_path):
         name_or_path = str(builtin_model_dir())
     assert name_or_path is not None
@@ -153,34 +161,22 @@ def _load_model(name_or_path: str | None, dtype: torch.dtype | str | None, trust
             ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if quantize is not None and not quantize_model(model, quantize):
+        raise ModelError(f"{name_or_path}: --quantize {quantize} found no nn.Linear layer to quantise")
     model.eval()
     return model, tokenizer
 
 
 @contextlib.contextmanager
-def _quiet_torchao_import() -> Iterator[None]:
-    """transformers imports torchao (when installed) while loading a model; on a CPU build of torch that import
-    logs a warning per CUDA kernel library it cannot load and a pytree deprecation notice: noise on every
-    command, and nothing a user can act on. Those two loggers are quieted for the duration, then restored."""
-    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
-@contextlib.contextmanager
 def _quiet_progress() -> Iterator[None]:
+    """No progress bar, and none of the warnings of torchao's import, which transformers triggers on loading."""
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        yield
+        with quiet_logs(*TORCHAO_IMPORT_LOGGERS):
+            yield
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()

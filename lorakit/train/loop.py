@@ -90,9 +90,11 @@ def prepare_output(config: TrainConfig) -> Path:
     if config.resume and saved.exists():
         before = json.loads(saved.read_text(encoding="utf-8"))
         now = config.to_dict()
-        changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k])
+        # A setting the saved run predates had its default there (runs outlive new flags).
+        defaults = TrainConfig().to_dict()
+        changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k, defaults[k]) != now[k])
         if changed:
-            diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in changed)
+            diffs = ", ".join(f"{k}: {before.get(k, defaults[k])!r} -> {now[k]!r}" for k in changed)
             raise LorakitError(f"{output}: --resume with different settings than the run it continues ({diffs})")
     write_text_atomic(saved, json.dumps(config.to_dict(), indent=2) + "\n")
     if config.overwrite and not config.resume:  # a new run: nothing of the old one may be resumed or reported
@@ -191,7 +193,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     # ---- data (checked before the model is loaded: a broken line fails fast), model, tokens
     data_source, records = read_dataset(config.data)
     eval_records = read_dataset(config.eval_data)[1] if config.eval_data else []
-    model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
+    model, tokenizer = load_model(config.model, quantize=config.quantize(), trust_remote_code=config.trust_remote_code)
     device = next(model.parameters()).device
     autocast = resolve_precision(config.precision, device)
     examples, stats = tokenize_dataset(tokenizer, records, config.seq_len, path=data_source)
@@ -222,10 +224,12 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     check_room(output, adapter_bytes, checkpoints=config.save_every > 0)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * batches.per_epoch / config.grad_accum))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, total_steps))
+    base_kind = f" (base Linear weights in {config.quantize()})" if config.quantize() else ""
     _log(
         f"{config.method}{'' if config.method == 'ia3' else f' r={config.r} alpha={config.lora_alpha}'} on "
-        f"{config.target_modules}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); "
-        f"{total_steps} steps; precision {autocast or 'fp32'}; padding {100 * waste:.0f}% of tokens"
+        f"{config.target_modules}{base_kind}: {trainable:,} trainable of {total:,} parameters "
+        f"({100 * trainable / total:.2f}%); {total_steps} steps; precision {autocast or 'fp32'}; "
+        f"padding {100 * waste:.0f}% of tokens"
     )
     _log(procs.describe(model, config.batch_size, config.grad_accum))
 
@@ -316,7 +320,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             output, total_steps, loss_value, time.perf_counter() - started, tokens_seen, trainable, total
         )
     records = metrics.read()
-    plot_loss(records, output / "loss.png", f"LoRA r={config.r} on {Path(data_source).name}")
+    plot_loss(records, output / "loss.png", f"{config.method.upper()} r={config.r} on {Path(data_source).name}")
     seconds = time.perf_counter() - started
     info = {
         "lorakit_version": lorakit.__version__, "base_model": base_name, "data": data_source,

@@ -1,0 +1,148 @@
+"""Memory of QLoRA against LoRA on the built-in SmolLM2-135M: linear-weight bytes and a training step's peak RSS.
+
+    .venv/bin/python -m bench.qlora_memory [--batch-size 8] [--steps 2]
+
+Each configuration runs in its own child process (so one's allocations cannot hide another's peak): load the
+model, add LoRA r=16 on all linear layers, and run ``--steps`` training steps (forward, backward, AdamW) on the
+same batch of the built-in contacts data under bf16 autocast. Reported per child: the bytes of the Linear
+weights LoRA wraps (quantised: codes + scales), the peak RSS of the whole child (``ru_maxrss``: loading
+included) and, where Linux lets a process reset its high-water mark (``/proc/self/clear_refs``), the peak
+RSS during the training steps alone. Writes bench/results/qlora.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+CONFIGS: dict[str, tuple[str | None, str | None]] = {
+    # name: (load_model dtype, quantize)
+    "LoRA, fp32 base (lorakit train default)": ("float32", None),
+    "LoRA, bf16 base": ("bfloat16", None),
+    "QLoRA, int8 base (--bits 8)": ("bfloat16", "int8"),
+    "QLoRA, NF4 base (--bits 4)": ("bfloat16", "nf4"),
+}
+RESULTS = Path(__file__).parent / "results" / "qlora.json"
+
+
+def _status_kib(field: str) -> int | None:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def child(name: str, batch_size: int, steps: int) -> dict[str, object]:
+    import lorakit
+    from lorakit.adapters import adapter_modules
+    from lorakit.data.batching import batch_order, collate
+    from lorakit.data.contacts import builtin_path
+    from lorakit.data.jsonl import read_jsonl
+    from lorakit.data.tokenize import tokenize_dataset
+    from lorakit.layers import weight_of
+    from lorakit.quant import quantized_bytes
+    from lorakit.train.loss import token_loss_sum
+
+    dtype, quantize = CONFIGS[name]
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    model, tokenizer = lorakit.load_model(dtype=dtype, quantize=quantize)  # type: ignore[arg-type]
+    load_seconds = time.perf_counter() - start
+    rss_loaded = _status_kib("VmRSS")
+    lorakit.add_adapter(model, lorakit.LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+    wrapped = [m.base_layer for _, m in adapter_modules(model)]
+    weight_bytes = sum(quantized_bytes(weight_of(m)) for m in wrapped)
+    weight_numel = sum(weight_of(m).numel() for m in wrapped)
+    examples, _ = tokenize_dataset(tokenizer, read_jsonl(builtin_path("train")), 384)
+    order = batch_order([len(e.input_ids) for e in examples], batch_size, 0, 0)
+    batch = collate([examples[i] for i in order[0]], tokenizer.pad_token_id)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, foreach=False)
+    model.train()
+    rss_before = _status_kib("VmRSS")
+    can_reset = _reset_peak()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = token_loss_sum(model, batch) / int((batch["labels"][:, 1:] != -100).sum())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t)
+    return {
+        "name": name, "weight_bytes": weight_bytes, "weight_numel": weight_numel,
+        "rss_loaded_mib": (rss_loaded or 0) / 1024, "rss_before_steps_mib": (rss_before or 0) / 1024,
+        "step_peak_mib": (_status_kib("VmHWM") or 0) / 1024 if can_reset else None,
+        "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "load_seconds": load_seconds, "step_seconds": min(times), "loss": float(loss.detach()),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.batch_size, args.steps)))
+        return
+    results = []
+    for name in CONFIGS:
+        command = [sys.executable, "-m", "bench.qlora_memory", "--child", name,
+                   "--batch-size", str(args.batch_size), "--steps", str(args.steps)]  # fmt: skip
+        proc = subprocess.run(command, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"done: {name}", file=sys.stderr)
+    bf16 = next(r for r in results if r["name"] == "LoRA, bf16 base")
+    columns = ["config", "linear weights MiB", "x bf16 bytes", "peak RSS MiB (ru_maxrss)", "x LoRA-bf16",
+               "step peak RSS MiB", "s/step (noisy)"]  # fmt: skip
+    rows = []
+    for r in results:
+        step_peak = r["step_peak_mib"]
+        rows.append([
+            r["name"], round(r["weight_bytes"] / 2**20, 1), round(r["weight_bytes"] / (2 * r["weight_numel"]), 3),
+            round(r["ru_maxrss_mib"]), round(r["ru_maxrss_mib"] / bf16["ru_maxrss_mib"], 3),
+            None if step_peak is None else round(step_peak), round(r["step_seconds"], 2),
+        ])  # fmt: skip
+    command = f"python -m bench.qlora_memory --batch-size {args.batch_size} --steps {args.steps}"
+    notes = (
+        f"SmolLM2-135M-Instruct, LoRA r=16 on all 210 Linear layers, one batch of {args.batch_size} built-in contacts "
+        f"examples, {args.steps} training steps (forward, backward, AdamW) under bf16 autocast, each config in its "
+        "own process. 'linear weights' = the bytes of the weights LoRA wraps (NF4: 4-bit codes + int8 block scales "
+        "+ float scale factors); the output head and embeddings are never quantised. ru_maxrss includes loading; "
+        "'step peak' is the high-water mark during the steps alone (VmHWM after /proc/self/clear_refs). Times were "
+        "measured on a machine shared with other jobs: read them as rough ratios only."
+    )
+    payload = {"name": "qlora", "title": "QLoRA memory (SmolLM2-135M)", "command": command,
+               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+               "columns": columns, "rows": rows, "notes": notes, "raw": results}  # fmt: skip
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) for i, c in enumerate(columns)]
+    print(" | ".join(str(c).ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in rows:
+        print(" | ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)))
+    print(f"written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
