@@ -257,8 +257,8 @@ class TrainConfig:
     """Held-out JSONL for the eval loss (``eval_every``); None for none."""
     output: str | None = None
     """Output folder; None for ``runs/<timestamp>``."""
-    method: Literal["lora"] = "lora"
-    """Fine-tuning method."""
+    method: Literal["lora", "full"] = "lora"
+    """Fine-tuning method: lora (an adapter) or full (every base weight trains, in fp32; saves a whole model)."""
     r: int = 16
     """LoRA rank."""
     lora_alpha: float = 32
@@ -324,7 +324,7 @@ class TrainConfig:
             raise ValueError(f"--lora-dropout must be a number in [0, 1), got {self.lora_dropout!r}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"--lora-dropout must be a number in [0, 1), got {self.lora_dropout!r}")
-        choices = {"method": ("lora",), "lr_schedule": ("cosine", "linear", "constant"),
+        choices = {"method": ("lora", "full"), "lr_schedule": ("cosine", "linear", "constant"),
                    "precision": ("auto", "fp32", "bf16")}  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

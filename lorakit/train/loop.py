@@ -141,6 +141,14 @@ def _autocast(dtype: torch.dtype | None) -> contextlib.AbstractContextManager[An
     return torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+def make_fully_trainable(model: torch.nn.Module) -> None:
+    """Full fine-tuning: every base parameter trains, held in fp32 (the master weights; autocast computes in
+    bf16 from them), so AdamW's small updates are not rounded away as they would be in bf16 weights."""
+    model.float()
+    for param in model.parameters():
+        param.requires_grad_(True)
+
+
 def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     """Run ``lorakit train``: returns where the adapter, metrics, plot and model card were written."""
     started = time.perf_counter()
@@ -169,17 +177,22 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     batches = MicroBatches(examples, config.batch_size, config.seed, tokenizer.pad_token_id)
     waste = padding_waste(batches.lengths, batches.order(0))
 
-    # ---- adapter, optimiser, schedule
+    # ---- adapter (or the whole model), optimiser, schedule
     torch.manual_seed(config.seed)
     base_name = config.model or BUILTIN_NAME
-    lora = dataclasses.replace(config.lora_config(), base_model_name_or_path=base_name)
-    add_adapter(model, lora)
+    if config.method == "full":
+        make_fully_trainable(model)
+        what = "full fine-tuning"
+    else:
+        lora = dataclasses.replace(config.lora_config(), base_model_name_or_path=base_name)
+        add_adapter(model, lora)
+        what = f"LoRA r={config.r} alpha={config.lora_alpha} on {config.target_modules}"
     trainable, total = count_parameters(model)
     optimizer = build_optimizer(model, config)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * batches.per_epoch / config.grad_accum))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, total_steps))
     _log(
-        f"LoRA r={config.r} alpha={config.lora_alpha} on {config.target_modules}: {trainable:,} trainable of "
+        f"{what}: {trainable:,} trainable of "
         f"{total:,} parameters ({100 * trainable / total:.2f}%); {total_steps} steps of "
         f"{config.batch_size} x {config.grad_accum} examples; precision {autocast or 'fp32'}; "
         f"padding {100 * waste:.0f}% of tokens"
@@ -254,9 +267,13 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     if eval_batches:
         final["eval_loss"] = round(mean_token_loss(model, eval_batches, autocast), 4)
         metrics.write({"kind": "eval", "step": total_steps, "eval_loss": final["eval_loss"]})
-    save_adapter(model, output)
+    if config.method == "full":  # a whole transformers model folder: lorakit.load_model(output) reads it
+        model.save_pretrained(output)
+        tokenizer.save_pretrained(output)
+    else:
+        save_adapter(model, output)
     records = metrics.read()
-    plot_loss(records, output / "loss.png", f"LoRA r={config.r} on {Path(data_source).name}")
+    plot_loss(records, output / "loss.png", f"{what.split(' alpha')[0]} on {Path(data_source).name}")
     seconds = time.perf_counter() - started
     info = {
         "lorakit_version": lorakit.__version__, "base_model": base_name, "data": data_source,
