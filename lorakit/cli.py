@@ -199,9 +199,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import shlex
     from pathlib import Path
 
-    from lorakit.compare.run import parse_methods, run_compare
+    from lorakit.compare.run import Task, parse_methods, run_compare
 
-    tasks = ["format", "knowledge"] if args.task == "both" else [args.task]
+    tasks: list[Task] = ["knowledge", "format"] if args.task == "both" else [args.task]
     output = Path(args.output or ("runs/compare-quick" if args.quick else "runs/compare"))
     command = "lorakit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "lorakit compare"
     report = run_compare(tasks, parse_methods(args.methods), args.steps, args.quick, output, args.model, command)
