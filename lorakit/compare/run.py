@@ -92,9 +92,9 @@ class TaskSetup:
 
 def task_setup(task: Task, steps: int | None, quick: bool) -> TaskSetup:
     if task == "format":
-        return TaskSetup(task, str(contacts_path("train")), steps or (2 if quick else 30), 8 if not quick else 2,
-                         8 if quick else 50, 16 if quick else None)  # fmt: skip
-    return TaskSetup(task, str(knowledge_path("train")), steps or (2 if quick else 60), 16 if not quick else 2,
+        return TaskSetup(task, str(contacts_path("train")), steps or (2 if quick else 20), 8 if not quick else 2,
+                         8 if quick else 30, 16 if quick else None)  # fmt: skip
+    return TaskSetup(task, str(knowledge_path("train")), steps or (2 if quick else 40), 16 if not quick else 2,
                      10 if quick else None, 16 if quick else None)  # fmt: skip
 
 
@@ -191,7 +191,7 @@ def probe(m: Any, tokenizer: Any, keep: list[int] | None) -> tuple[dict[str, flo
 
     ppl = evaluate_loss(m, tokenizer, str(PROBE_TEXT))["perplexity"]
     records = read_jsonl(PROBE_QUESTIONS)
-    replies = generate_all(m, tokenizer, [r["messages"] for r in records], 32, batch_size=64, progress=False)
+    replies = generate_all(m, tokenizer, [r["messages"] for r in records], 24, batch_size=64, progress=False)
     right = [i for i, (r, reply) in enumerate(zip(records, replies, strict=True))
              if r["messages"][-1]["content"].casefold() in reply.casefold()]  # fmt: skip
     chosen = keep if keep is not None else right
