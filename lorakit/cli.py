@@ -204,7 +204,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     tasks: list[Task] = ["knowledge", "format"] if args.task == "both" else [args.task]
     output = Path(args.output or ("runs/compare-quick" if args.quick else "runs/compare"))
     command = "lorakit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "lorakit compare"
-    report = run_compare(tasks, parse_methods(args.methods), args.steps, args.quick, output, args.model, command)
+    methods = parse_methods(args.methods)
+    report = run_compare(tasks, methods, args.steps, args.quick, output, args.model, command, args.limit)
     print(f"report and plots in {report.parent}/ ({report.name})")
     return 0
 
@@ -275,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="full,lora:r=8,lora:r=64", help="comma list: full, lora:r=N[:lr=X]")
     p.add_argument("--steps", type=_positive, help="optimiser steps per method (default: per task)")
     p.add_argument("--quick", action="store_true", help="a few steps on tiny subsets (for tests)")
+    p.add_argument("--limit", type=_positive, help="score only the first N test items of each task")
     p.add_argument("--output", help="folder for report.md, plots and runs (default runs/compare)")
     p.add_argument("--model", help="base model (default: the built-in SmolLM2-135M-Instruct)")
     p.set_defaults(func=cmd_compare)

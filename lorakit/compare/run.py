@@ -12,6 +12,7 @@ chosen from those ranges, not swept here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -90,7 +91,10 @@ class TaskSetup:
     n_train: int | None = None
 
 
-def task_setup(task: Task, steps: int | None, quick: bool) -> TaskSetup:
+def task_setup(task: Task, steps: int | None, quick: bool, limit: int | None = None) -> TaskSetup:
+    """The task's default budget (``--quick``: tiny); ``steps`` and ``limit`` (items scored) override it."""
+    if limit is not None:
+        return dataclasses.replace(task_setup(task, steps, quick), n_test=limit)
     if task == "format":
         return TaskSetup(task, str(contacts_path("train")), steps or (2 if quick else 20), 8 if not quick else 2,
                          8 if quick else 30, 16 if quick else None)  # fmt: skip
@@ -210,7 +214,8 @@ def machine() -> str:
 
 
 def run_compare(tasks: list[Task], methods: list[MethodSpec], steps: int | None, quick: bool, output: Path,
-                model: str | None = None, command: str = "lorakit compare") -> Path:  # fmt: skip
+                model: str | None = None, command: str = "lorakit compare",
+                limit: int | None = None) -> Path:  # fmt: skip
     """Train and score every method on every task; writes results.json, report.md and plots into ``output``."""
     from lorakit.compare.report import write_report
 
@@ -220,7 +225,7 @@ def run_compare(tasks: list[Task], methods: list[MethodSpec], steps: int | None,
     base_model, tokenizer = load_trained(model, None, None)
     base_probe, keep = probe(base_model, tokenizer, None)
     results: list[Result] = []
-    setups = [task_setup(t, steps, quick) for t in tasks]
+    setups = [task_setup(t, steps, quick, limit) for t in tasks]
     for setup in setups:
         base = Result(setup.task, "base", "base", 0, 0.0, score=score_task(base_model, tokenizer, setup))
         base.probe = {**base_probe, "questions": 1.0, "n_questions": len(keep)}
