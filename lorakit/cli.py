@@ -226,6 +226,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from lorakit.plan import PlanSettings, plan_json, plan_methods, plan_table
+
+    try:
+        settings = PlanSettings(
+            r=args.r, target_modules=args.target_modules, batch_size=args.batch_size, seq_len=args.seq_len,
+            precision=args.precision, label_fraction=args.label_fraction, checkpointing=args.checkpointing,
+        )  # fmt: skip
+    except ValueError as err:
+        raise LorakitError(str(err)) from None
+    name, _, plans = plan_methods(args.model, settings)
+    print(json.dumps(plan_json(name, args.method, plans), indent=2) if args.json else plan_table(name, plans, settings))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import shlex
+    from pathlib import Path
+
+    from lorakit.compare.run import Task, parse_methods, run_compare
+
+    tasks: list[Task] = ["knowledge", "format"] if args.task == "both" else [args.task]
+    output = Path(args.output or ("runs/compare-quick" if args.quick else "runs/compare"))
+    command = "lorakit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "lorakit compare"
+    methods = parse_methods(args.methods)
+    report = run_compare(tasks, methods, args.steps, args.quick, output, args.model, command, args.limit)
+    print(f"report and plots in {report.parent}/ ({report.name})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lorakit import __version__
 
@@ -270,6 +302,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--safe", action="store_true", help="refuse to merge non-finite weights")
     _quantize_flag(p)
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("plan", help="trainable parameters and training memory per method, from the config alone")
+    p.add_argument("--model", help="preset (smollm2-135m, llama-3-8b, llama-2-70b, gpt3-175b), config.json or folder")
+    p.add_argument("--method", choices=["lora", "dora", "qlora", "ia3", "full"], default="lora",
+                   help="the method --json reports counts for (the table shows all)")  # fmt: skip
+    p.add_argument("--r", type=_positive, default=16, help="LoRA rank")
+    p.add_argument("--target-modules", default="all-linear", help="comma list, regex or all-linear")
+    p.add_argument("--batch-size", type=_positive, default=8)
+    p.add_argument("--seq-len", type=_positive, default=384, help="tokens per example (padded length)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16", "autocast"],
+        default="autocast",
+        help="base weights and compute; autocast = fp32 weights, bf16 compute (lorakit train on a CPU)",
+    )
+    p.add_argument("--label-fraction", type=float, default=1.0, help="share of tokens with a label (chat data < 1)")
+    p.add_argument("--checkpointing", action="store_true", help="assume gradient checkpointing per layer")
+    p.add_argument("--json", action="store_true", help="print one JSON object (bytes)")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("compare", help="LoRA vs full fine-tuning: task score, forgetting, size, memory, time")
+    p.add_argument("--task", choices=["format", "knowledge", "both"], default="both")
+    p.add_argument("--methods", default="full,lora:r=8,lora:r=64", help="comma list: full, lora:r=N[:lr=X]")
+    p.add_argument("--steps", type=_positive, help="optimiser steps per method (default: per task)")
+    p.add_argument("--quick", action="store_true", help="a few steps on tiny subsets (for tests)")
+    p.add_argument("--limit", type=_positive, help="score only the first N test items of each task")
+    p.add_argument("--output", help="folder for report.md, plots and runs (default runs/compare)")
+    p.add_argument("--model", help="base model (default: the built-in SmolLM2-135M-Instruct)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="evaluate, train and evaluate again on the built-in contacts task")
     p.add_argument("--output", help="run folder (default runs/demo-<timestamp>)")

@@ -338,8 +338,8 @@ def _pattern_value(pattern: dict[str, Any], module_name: str, default: Any) -> A
 
 
 Precision = Literal["auto", "fp32", "bf16"]
-Method = Literal["lora", "dora", "ia3", "qlora"]
-METHODS: tuple[str, ...] = ("lora", "dora", "ia3", "qlora")
+Method = Literal["lora", "dora", "ia3", "qlora", "full"]
+METHODS: tuple[str, ...] = ("lora", "dora", "ia3", "qlora", "full")
 Schedule = Literal["cosine", "linear", "constant"]
 
 
@@ -359,7 +359,7 @@ class TrainConfig:
     output: str | None = None
     """Output folder; None for ``runs/<timestamp>``."""
     method: Method = "lora"
-    """Fine-tuning method: lora, dora (magnitude + direction), ia3 (scaling vectors; uses lr as given)."""
+    """lora, dora (magnitude + direction), ia3 (scaling vectors), qlora (LoRA on a --bits base), full (all weights)."""
     bits: int = 4
     """QLoRA's base weights: 4 (NF4, double-quantised scales) or 8 (int8 per channel)."""
     r: int = 16

@@ -1,7 +1,8 @@
 """Checkpoints that survive a kill at any moment.
 
 A checkpoint is a folder ``<output>/checkpoints/step-NNNNNN/`` holding the adapter in peft's format (so it
-loads on its own) and ``trainer_state.pt`` (optimiser, scheduler, RNG states, step). It is written into a
+loads on its own) or, for full fine-tuning (a model without adapters), every trained tensor in
+``model.safetensors``, and ``trainer_state.pt`` (optimiser, scheduler, RNG states, step). It is written into a
 temporary folder, fsynced, and renamed into place: a checkpoint folder that exists is complete. Older ones
 are removed only after the new one is in place.
 """
@@ -20,10 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from lorakit.adapters import adapter_configs
 from lorakit.errors import DiskFullError, LorakitError, is_disk_full
 from lorakit.io import adapter_tensors, save_adapter
 
 STATE_NAME = "trainer_state.pt"
+FULL_WEIGHTS = "model.safetensors"
 KEEP = 2
 
 
@@ -67,7 +70,7 @@ def save_checkpoint(
     try:
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
-        save_adapter(model, tmp)
+        _save_weights(model, tmp)
         state = {
             "step": step,
             "optimizer": optimizer.state_dict(),
@@ -116,6 +119,20 @@ def check_room(output: Path, adapter_bytes: int, checkpoints: bool) -> None:
         )
 
 
+def _trained_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every trainable parameter by name (tied weights once: named_parameters skips the duplicates)."""
+    return {name: param for name, param in model.named_parameters() if param.requires_grad}
+
+
+def _save_weights(model: nn.Module, folder: Path) -> None:
+    if adapter_configs(model):
+        save_adapter(model, folder)
+        return
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous() for k, v in _trained_tensors(model).items()}, str(folder / FULL_WEIGHTS))
+
+
 def list_checkpoints(output: Path) -> list[Path]:
     """Complete checkpoints, oldest first (temporary folders of an interrupted write are ignored)."""
     root = checkpoint_root(output)
@@ -134,9 +151,10 @@ def load_checkpoint(
     """Restore everything ``save_checkpoint`` wrote; returns the state (``step``, ``extra``)."""
     from safetensors.torch import load_file
 
-    weights = load_file(folder / "adapter_model.safetensors")
+    full = not adapter_configs(model)
+    weights = load_file(folder / (FULL_WEIGHTS if full else "adapter_model.safetensors"))
     with torch.no_grad():
-        for key, param in adapter_tensors(model, "default").items():
+        for key, param in (_trained_tensors(model) if full else adapter_tensors(model, "default")).items():
             param.copy_(weights[key])
     # weights_only: the state holds tensors and plain Python values, so nothing executable is unpickled
     try:

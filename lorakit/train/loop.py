@@ -182,6 +182,14 @@ def _autocast(dtype: torch.dtype | None) -> contextlib.AbstractContextManager[An
     return torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+def make_fully_trainable(model: torch.nn.Module) -> None:
+    """Full fine-tuning: every base parameter trains, held in fp32 (the master weights; autocast computes in
+    bf16 from them), so AdamW's small updates are not rounded away as they would be in bf16 weights."""
+    model.float()
+    for param in model.parameters():
+        param.requires_grad_(True)
+
+
 def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     """Run ``lorakit train``: returns where the adapter, metrics, plot and model card were written."""
     started = time.perf_counter()
@@ -211,11 +219,17 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     batches = MicroBatches(examples, config.batch_size * procs.world, config.seed, tokenizer.pad_token_id, procs)
     waste = padding_waste(batches.lengths, batches.order(0))
 
-    # ---- adapter, optimiser, schedule
+    # ---- adapter (or the whole model), optimiser, schedule
     torch.manual_seed(config.seed)
     base_name = config.model or BUILTIN_NAME
-    adapter = dataclasses.replace(config.adapter_config(), base_model_name_or_path=base_name)
-    add_adapter(model, adapter)
+    if config.method == "full":
+        make_fully_trainable(model)
+        what = "full fine-tuning"
+    else:
+        adapter = dataclasses.replace(config.adapter_config(), base_model_name_or_path=base_name)
+        add_adapter(model, adapter)
+        what = f"{config.method}{'' if config.method == 'ia3' else f' r={config.r} alpha={config.lora_alpha}'}"
+        what += f" on {config.target_modules}"
     prepare_for_training(model, autocast, config.gradient_checkpointing)
     trainable, total = count_parameters(model)
     forward = procs.wrap(model)  # batch -> loss sum; under DDP/FSDP2 it syncs the adapter gradients
@@ -226,8 +240,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, total_steps))
     base_kind = f" (base Linear weights in {config.quantize()})" if config.quantize() else ""
     _log(
-        f"{config.method}{'' if config.method == 'ia3' else f' r={config.r} alpha={config.lora_alpha}'} on "
-        f"{config.target_modules}{base_kind}: {trainable:,} trainable of {total:,} parameters "
+        f"{what}{base_kind}: {trainable:,} trainable of {total:,} parameters "
         f"({100 * trainable / total:.2f}%); {total_steps} steps; precision {autocast or 'fp32'}; "
         f"padding {100 * waste:.0f}% of tokens"
     )
@@ -311,7 +324,10 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         final["eval_loss"] = round(mean_token_loss(model, eval_batches, autocast, procs.eval_module(forward)), 4)
         metrics.write({"kind": "eval", "step": total_steps, "eval_loss": final["eval_loss"]})
     with procs.full_params(forward):  # FSDP2: gather the sharded adapter whole to write one peft file
-        if procs.is_main:
+        if procs.is_main and config.method == "full":  # a whole model folder: lorakit.load_model(output) reads it
+            model.save_pretrained(output)
+            tokenizer.save_pretrained(output)
+        elif procs.is_main:
             save_adapter(model, output)
     procs.report_traffic(total_steps - start_step)
     if not procs.is_main:
@@ -320,7 +336,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             output, total_steps, loss_value, time.perf_counter() - started, tokens_seen, trainable, total
         )
     records = metrics.read()
-    plot_loss(records, output / "loss.png", f"{config.method.upper()} r={config.r} on {Path(data_source).name}")
+    plot_loss(records, output / "loss.png", f"{what.split(' alpha')[0]} on {Path(data_source).name}")
     seconds = time.perf_counter() - started
     info = {
         "lorakit_version": lorakit.__version__, "base_model": base_name, "data": data_source,
