@@ -368,6 +368,10 @@ class TrainConfig:
     """LoRA alpha (scaling = lora_alpha / r)."""
     lora_dropout: float = 0.0
     """Dropout on the LoRA path."""
+    use_rslora: bool = False
+    """rsLoRA: scaling lora_alpha / sqrt(r) instead of / r."""
+    init_lora_weights: bool | str = True
+    """true, gaussian, pissa, pissa_niter_K or olora (the last three save a plain adapter for the original base)."""
     target_modules: str = "all-linear"
     """Comma-separated module names, one regex, or all-linear."""
     max_steps: int = 120
@@ -433,6 +437,11 @@ class TrainConfig:
             raise ValueError(f"--lora-dropout must be a number in [0, 1), got {self.lora_dropout!r}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"--lora-dropout must be a number in [0, 1), got {self.lora_dropout!r}")
+        if not is_init_mode(self.init_mode()):
+            raise ValueError(
+                "--init-lora-weights must be true, false, gaussian, pissa, pissa_niter_<K> or olora, "
+                f"got {self.init_lora_weights!r}"
+            )
         if self.bits not in (4, 8) or isinstance(self.bits, bool):
             raise ValueError(f"--bits must be 4 or 8, got {self.bits!r}")
         if self.bits != 4 and self.method != "qlora":
@@ -462,8 +471,17 @@ class TrainConfig:
             targets = tuple(t.strip() for t in self.target_modules.split(",") if t.strip())
         return LoraConfig(
             r=self.r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout, target_modules=targets,
-            task_type="CAUSAL_LM",
+            use_rslora=self.use_rslora, init_lora_weights=self.init_mode(), task_type="CAUSAL_LM",
         )  # fmt: skip
+
+    def init_mode(self) -> bool | str:
+        """``init_lora_weights`` as LoraConfig takes it (the command line gives "true"/"false" as text)."""
+        text = str(self.init_lora_weights).lower()
+        return {"true": True, "false": False}.get(text, self.init_lora_weights)
+
+    def converts_on_save(self) -> bool:
+        """PiSSA/OLoRA change the base weights: the saved adapter is converted for the original base."""
+        return isinstance(self.init_mode(), str) and str(self.init_mode()).startswith(("pissa", "olora"))
 
     def adapter_config(self) -> AdapterConfig:
         """The adapter config ``--method`` and the adapter flags describe (the one place methods are told apart)."""

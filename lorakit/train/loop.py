@@ -39,6 +39,7 @@ from lorakit.train.optim import build_optimizer, schedule
 from lorakit.train.report import MetricsLog, model_card, plot_loss, write_text_atomic
 
 CONFIG_FILE = "train_config.json"
+INITIAL_ADAPTER = "initial_adapter"  # PiSSA/OLoRA adapter as initialised, before training
 SUMMARY_FILE = "train_summary.json"  # written last: its presence means the run finished
 # Fields a resumed run may change; any other difference means a different run.
 RESUMABLE_CHANGES = {
@@ -100,6 +101,7 @@ def prepare_output(config: TrainConfig) -> Path:
     if config.overwrite and not config.resume:  # a new run: nothing of the old one may be resumed or reported
         (output / SUMMARY_FILE).unlink(missing_ok=True)
         shutil.rmtree(output / "checkpoints", ignore_errors=True)
+        shutil.rmtree(output / INITIAL_ADAPTER, ignore_errors=True)
     return output
 
 
@@ -228,6 +230,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     else:
         adapter = dataclasses.replace(config.adapter_config(), base_model_name_or_path=base_name)
         add_adapter(model, adapter)
+        if config.converts_on_save() and procs.is_main and not (config.resume and (output / INITIAL_ADAPTER).exists()):
+            save_adapter(model, output / INITIAL_ADAPTER)  # PiSSA/OLoRA: what the final save converts against
         what = f"{config.method}{'' if config.method == 'ia3' else f' r={config.r} alpha={config.lora_alpha}'}"
         what += f" on {config.target_modules}"
     prepare_for_training(model, autocast, config.gradient_checkpointing)
@@ -328,7 +332,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             model.save_pretrained(output)
             tokenizer.save_pretrained(output)
         elif procs.is_main:
-            save_adapter(model, output)
+            save_adapter(model, output, initial_adapter=output / INITIAL_ADAPTER if config.converts_on_save() else None)
     procs.report_traffic(total_steps - start_step)
     if not procs.is_main:
         procs.finish()

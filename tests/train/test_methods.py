@@ -9,11 +9,13 @@ from pathlib import Path
 import peft
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import lorakit
 from lorakit.cli import main
 from lorakit.config import IA3Config, LoraConfig, TrainConfig
+from lorakit.io import adapter_tensors
 from lorakit.train.optim import build_optimizer
 from tests.tiny import tiny_llama
 
@@ -74,3 +76,40 @@ def test_loraplus_gives_b_ratio_times_the_learning_rate() -> None:
         moved = (param.detach() - before[name]).abs()[clear]
         assert moved.numel() > param.numel() // 2
         torch.testing.assert_close(moved, torch.full_like(moved, want), rtol=1e-3, atol=0)
+
+
+def test_rslora_and_pissa_from_the_cli(tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path) -> None:
+    """A PiSSA run changes the base while it trains; the adapter it saves is converted for the ORIGINAL base.
+
+    Reference: the trained state (PiSSA-modified base + the last checkpoint's unconverted adapter, rebuilt from the
+    same deterministic SVD) must give the logits peft gives for the unmodified base + the saved adapter.
+    """
+    out = tmp_path / "pissa"
+    argv = ["train", "--model", str(tiny_model_dir), "--data", str(small_chat_data), "--output", str(out),
+            "--max-steps", "3", "--batch-size", "4", "--lr", "1e-2", "--r", "4", "--precision", "fp32",
+            "--seq-len", "128", "--warmup-steps", "0", "--save-every", "3", "--use-rslora",
+            "--init-lora-weights", "pissa", "--target-modules", "q_proj,v_proj"]  # fmt: skip
+    assert main(argv) == 0
+    saved = json.loads((out / "adapter_config.json").read_text())
+    assert saved["use_rslora"] and saved["init_lora_weights"] is True and saved["r"] == 8  # plain, rank 2r
+    x = torch.randint(0, 100, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        trained, _ = lorakit.load_model(str(tiny_model_dir))
+        config = TrainConfig(r=4, use_rslora=True, init_lora_weights="pissa", target_modules="q_proj,v_proj")
+        lorakit.add_adapter(trained, config.lora_config())  # the same PiSSA base as in training
+        weights = load_file(out / "checkpoints" / "step-000003" / "adapter_model.safetensors")
+        for key, param in adapter_tensors(trained, "default").items():
+            param.copy_(weights[key])  # the trained, unconverted adapter
+        want = trained(x).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+        plain = base(x).logits
+        got = peft.PeftModel.from_pretrained(base, out).eval()(x).logits
+    assert (want - plain).abs().max() > 1e-4, "training moved the adapter"
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+def test_init_lora_weights_flag_is_checked() -> None:
+    assert TrainConfig(init_lora_weights="false").lora_config().init_lora_weights is False
+    assert TrainConfig(init_lora_weights="pissa_niter_4").converts_on_save()
+    with pytest.raises(ValueError, match="--init-lora-weights must be"):
+        TrainConfig(init_lora_weights="svd")
