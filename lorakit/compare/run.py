@@ -96,9 +96,9 @@ def task_setup(task: Task, steps: int | None, quick: bool, limit: int | None = N
     if limit is not None:
         return dataclasses.replace(task_setup(task, steps, quick), n_test=limit)
     if task == "format":
-        return TaskSetup(task, str(contacts_path("train")), steps or (2 if quick else 20), 8 if not quick else 2,
+        return TaskSetup(task, str(contacts_path("train")), steps or (2 if quick else 60), 8 if not quick else 2,
                          8 if quick else 30, 16 if quick else None)  # fmt: skip
-    return TaskSetup(task, str(knowledge_path("train")), steps or (2 if quick else 40), 16 if not quick else 2,
+    return TaskSetup(task, str(knowledge_path("train")), steps or (2 if quick else 120), 16 if not quick else 2,
                      10 if quick else None, 16 if quick else None)  # fmt: skip
 
 
