@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from lorakit.config import TrainConfig
 from lorakit.errors import LorakitError
+from lorakit.train_config import TrainConfig
 
 EXIT_USER_ERROR = 2
 

@@ -10,10 +10,11 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lorakit.config import LoraConfig, TrainConfig
+from lorakit.config import LoraConfig
 from lorakit.data.jsonl import read_jsonl
 from lorakit.errors import AdapterError, LorakitError
 from lorakit.io import read_adapter_config
+from lorakit.train_config import TrainConfig
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

@@ -9,13 +9,15 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "lorakit"
 # Each module's level; a module may import only from levels at or below its own.
 LEVELS = {
-    "errors": 0, "config": 1, "layers": 2, "targeting": 3, "adapters": 4, "io": 5, "models": 6, "data": 6,
+    "errors": 0, "config": 1, "train_config": 1, "layers": 2, "targeting": 3, "adapters": 4, "io": 5, "models": 6,
+    "data": 6,
     "mixed": 4, "quant": 2, "lora_fn": 2, "train": 7, "eval": 7, "serve": 7, "export": 7, "plan": 7, "compare": 8,
     "demo": 8, "cli": 9, "__main__": 10, "__init__": 10,
     "dora": 2, "ia3": 2, "inits": 2, "combine": 4,  # adapter methods beside layers.py and adapters.py
 }  # fmt: skip
 TRANSFORMERS_FREE = {
-    "errors", "config", "layers", "lora_fn", "targeting", "adapters", "io", "dora", "ia3", "inits", "combine", "mixed",
+    "errors", "config", "train_config", "layers", "lora_fn", "targeting", "adapters", "io", "dora", "ia3", "inits",
+    "combine", "mixed",
 }  # fmt: skip
 
 

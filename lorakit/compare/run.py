@@ -55,7 +55,7 @@ class MethodSpec:
 
 def parse_methods(text: str) -> list[MethodSpec]:
     """``full,lora:r=8,lora:r=64:lr=5e-4`` -> specs; an unknown method or key is a one-line error."""
-    from lorakit.config import TrainConfig
+    from lorakit.train_config import TrainConfig
 
     specs = []
     for item in (t.strip() for t in text.split(",") if t.strip()):

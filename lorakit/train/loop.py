@@ -24,7 +24,6 @@ from tqdm import tqdm
 
 import lorakit
 from lorakit.adapters import add_adapter, count_parameters
-from lorakit.config import TrainConfig
 from lorakit.data.batching import batch_order, collate, padding_waste
 from lorakit.data.contacts import builtin_path
 from lorakit.data.jsonl import read_jsonl
@@ -37,6 +36,7 @@ from lorakit.train.distributed import Processes, QuietLog, start
 from lorakit.train.loss import token_loss_sum
 from lorakit.train.optim import build_optimizer, schedule
 from lorakit.train.report import MetricsLog, model_card, plot_loss, write_text_atomic
+from lorakit.train_config import TrainConfig
 
 CONFIG_FILE = "train_config.json"
 INITIAL_ADAPTER = "initial_adapter"  # PiSSA/OLoRA adapter as initialised, before training

@@ -13,9 +13,9 @@ from transformers import AutoModelForCausalLM
 
 import lorakit
 from lorakit.cli import main
-from lorakit.config import TrainConfig
 from lorakit.quant import QuantLinear, dequantize, dequantize_model, quantize_model, quantized_modules
 from lorakit.quant.backends import quantize_weight
+from lorakit.train_config import TrainConfig
 from tests.tiny import randomize_lora_b, tiny_llama
 
 CONFIG = {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}

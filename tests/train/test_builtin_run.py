@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import lorakit
-from lorakit.config import TrainConfig
 from lorakit.eval.run import evaluate_contacts
 from lorakit.train.loop import train
+from lorakit.train_config import TrainConfig
 
 pytestmark = pytest.mark.integration
 

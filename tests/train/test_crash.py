@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from lorakit.config import TrainConfig
 from lorakit.train import loop
+from lorakit.train_config import TrainConfig
 
 STEPS = 30
 # Runs `lorakit train` with the checkpoint write slowed down after its adapter half, announcing the moment with

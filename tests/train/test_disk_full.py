@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from safetensors.torch import load_file
 
-from lorakit.config import TrainConfig
 from lorakit.errors import DiskFullError
 from lorakit.train import checkpoint, loop
+from lorakit.train_config import TrainConfig
 
 
 def _config(model: Path, data: Path, out: Path, **overrides: Any) -> TrainConfig:

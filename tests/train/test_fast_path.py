@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from lorakit.config import TrainConfig
 from lorakit.layers import Linear
 from lorakit.train import loop
+from lorakit.train_config import TrainConfig
 
 
 def _losses(model_dir: Path, data: Path, output: Path, **overrides: object) -> list[float]:

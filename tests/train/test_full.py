@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import lorakit
-from lorakit.config import TrainConfig
 from lorakit.train import loop
+from lorakit.train_config import TrainConfig
 
 
 def _config(model_dir: Path, data: Path, output: Path, **overrides: object) -> TrainConfig:

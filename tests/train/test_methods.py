@@ -14,9 +14,10 @@ from transformers import AutoModelForCausalLM
 
 import lorakit
 from lorakit.cli import main
-from lorakit.config import IA3Config, LoraConfig, TrainConfig
+from lorakit.config import IA3Config, LoraConfig
 from lorakit.io import adapter_tensors
 from lorakit.train.optim import build_optimizer
+from lorakit.train_config import TrainConfig
 from tests.tiny import tiny_llama
 
 

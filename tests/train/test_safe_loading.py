@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import lorakit
-from lorakit.config import TrainConfig
 from lorakit.train import loop
+from lorakit.train_config import TrainConfig
 
 
 class _Payload:

@@ -1,0 +1,202 @@
+"""``TrainConfig``: everything ``lorakit train`` needs, as one frozen dataclass.
+
+Each field is a command-line flag (``--lora-alpha``) and a YAML key (cli.py derives both from the fields and
+their docstrings); validation happens once, in ``__post_init__``, and every message names the flag. The adapter
+configs it builds (``LoraConfig``, ``IA3Config``) live in ``lorakit.config``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lorakit.config import AdapterConfig, IA3Config, LoraConfig, is_init_mode
+
+Precision = Literal["auto", "fp32", "bf16"]
+Method = Literal["lora", "dora", "ia3", "qlora", "full"]
+METHODS: tuple[str, ...] = ("lora", "dora", "ia3", "qlora", "full")
+Schedule = Literal["cosine", "linear", "constant"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``lorakit train`` needs; each field is a flag (``--lora-alpha``) and a YAML key.
+
+    The defaults are the built-in demo's tuned settings: built-in model, built-in contacts data.
+    """
+
+    model: str | None = None
+    """Base model: None for the built-in SmolLM2-135M-Instruct, a folder, a .gguf file or a hub id."""
+    data: str | None = None
+    """Training JSONL (chat ``messages`` or ``prompt``/``completion``); None for the built-in contacts set."""
+    eval_data: str | None = None
+    """Held-out JSONL for the eval loss (``eval_every``); None for none."""
+    output: str | None = None
+    """Output folder; None for ``runs/<timestamp>``."""
+    method: Method = "lora"
+    """lora, dora (magnitude + direction), ia3 (scaling vectors), qlora (LoRA on a --bits base), full (all weights)."""
+    bits: int = 4
+    """QLoRA's base weights: 4 (NF4, double-quantised scales) or 8 (int8 per channel)."""
+    r: int = 16
+    """LoRA rank."""
+    lora_alpha: float = 32
+    """LoRA alpha (scaling = lora_alpha / r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA path."""
+    use_rslora: bool = False
+    """rsLoRA: scaling lora_alpha / sqrt(r) instead of / r."""
+    init_lora_weights: bool | str = True
+    """true, gaussian, pissa, pissa_niter_K or olora (the last three save a plain adapter for the original base)."""
+    target_modules: str = "all-linear"
+    """Comma-separated module names, one regex, or all-linear."""
+    max_steps: int = 120
+    """Optimiser steps; 0 means use ``epochs``."""
+    epochs: float = 1.0
+    """Passes over the data when ``max_steps`` is 0."""
+    batch_size: int = 8
+    """Examples per micro-batch (per process)."""
+    grad_accum: int = 1
+    """Micro-batches per optimiser step."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    loraplus_lr_ratio: float = 1.0
+    """LoRA+: learning rate of B = ratio x lr (1 = plain LoRA)."""
+    warmup_steps: int = 5
+    """Linear warm-up steps."""
+    lr_schedule: Schedule = "cosine"
+    """Decay after warm-up."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (0 = off)."""
+    seq_len: int = 384
+    """Longest example in tokens; longer ones are truncated (skipped if nothing to learn is left)."""
+    seed: int = 0
+    """Seed for adapter init, data order and dropout."""
+    precision: Precision = "auto"
+    """auto: bf16 where the hardware has fast bf16 (frozen base weights stored in bf16, adapters fp32), else fp32."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward: less memory for ~1/3 more compute."""
+    save_every: int = 0
+    """Checkpoint every N steps (0 = only the final adapter)."""
+    eval_every: int = 0
+    """Eval loss every N steps on ``eval_data`` (0 = never)."""
+    resume: bool = False
+    """Continue from the newest checkpoint in ``output``."""
+    overwrite: bool = False
+    """Allow writing into an output folder that holds a finished run."""
+    trust_remote_code: bool = False
+    """Let the model folder run its own Python code (its config's auto_map); only for models you trust."""
+    fsdp: bool = False
+    """Under torchrun: shard the frozen base across processes with FSDP2 (default: DDP; no effect in 1 process)."""
+
+    def __post_init__(self) -> None:
+        positive = ("r", "batch_size", "grad_accum", "seq_len")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"--{_flag(name)} must be a positive integer, got {value!r}")
+        for name in ("max_steps", "warmup_steps", "save_every", "eval_every", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"--{_flag(name)} must be an integer >= 0, got {value!r}")
+        for name in ("lora_alpha", "lr", "epochs", "loraplus_lr_ratio"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"--{_flag(name)} must be a number > 0, got {value!r}")
+        for name in ("weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"--{_flag(name)} must be a number >= 0, got {value!r}")
+        if isinstance(self.lora_dropout, bool) or not isinstance(self.lora_dropout, (int, float)):
+            raise ValueError(f"--lora-dropout must be a number in [0, 1), got {self.lora_dropout!r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"--lora-dropout must be a number in [0, 1), got {self.lora_dropout!r}")
+        if not is_init_mode(self.init_mode()):
+            raise ValueError(
+                "--init-lora-weights must be true, false, gaussian, pissa, pissa_niter_<K> or olora, "
+                f"got {self.init_lora_weights!r}"
+            )
+        if self.bits not in (4, 8) or isinstance(self.bits, bool):
+            raise ValueError(f"--bits must be 4 or 8, got {self.bits!r}")
+        if self.bits != 4 and self.method != "qlora":
+            raise ValueError(f"--bits {self.bits} needs --method qlora (plain LoRA keeps the base unquantised)")
+        choices = {"method": METHODS, "lr_schedule": ("cosine", "linear", "constant"),
+                   "precision": ("auto", "fp32", "bf16")}  # fmt: skip
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{_flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.fsdp and (self.save_every or self.resume):
+            raise ValueError("--fsdp does not write checkpoints yet: drop --save-every and --resume, or use DDP")
+        if not isinstance(self.target_modules, str) or not self.target_modules.strip():
+            raise ValueError(
+                f"--target-modules must be a comma list, a regex or all-linear, got {self.target_modules!r}"
+            )
+
+    def quantize(self) -> Literal["nf4", "int8"] | None:
+        """How ``load_model`` stores the base's Linear weights: quantised for QLoRA, else not at all."""
+        if self.method != "qlora":
+            return None
+        return "nf4" if self.bits == 4 else "int8"
+
+    def lora_config(self) -> LoraConfig:
+        """The adapter config these flags describe."""
+        targets: tuple[str, ...] | str = self.target_modules
+        if self.target_modules != "all-linear" and re.fullmatch(r"[\w.,\s-]+", self.target_modules):
+            targets = tuple(t.strip() for t in self.target_modules.split(",") if t.strip())
+        return LoraConfig(
+            r=self.r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout, target_modules=targets,
+            use_rslora=self.use_rslora, init_lora_weights=self.init_mode(), task_type="CAUSAL_LM",
+        )  # fmt: skip
+
+    def init_mode(self) -> bool | str:
+        """``init_lora_weights`` as LoraConfig takes it (the command line gives "true"/"false" as text)."""
+        text = str(self.init_lora_weights).lower()
+        return {"true": True, "false": False}.get(text, self.init_lora_weights)
+
+    def converts_on_save(self) -> bool:
+        """PiSSA/OLoRA change the base weights: the saved adapter is converted for the original base."""
+        return isinstance(self.init_mode(), str) and str(self.init_mode()).startswith(("pissa", "olora"))
+
+    def adapter_config(self) -> AdapterConfig:
+        """The adapter config ``--method`` and the adapter flags describe (the one place methods are told apart)."""
+        if self.method == "dora":
+            return dataclasses.replace(self.lora_config(), use_dora=True)
+        if self.method == "ia3":
+            # all-linear (the default) means peft's IA3 targets for the model type: keys, values, down projection.
+            targets = self.lora_config().target_modules
+            if targets == "all-linear":
+                return IA3Config(task_type="CAUSAL_LM")
+            feedforward = (
+                tuple(t for t in targets if t.endswith(_FEEDFORWARD_NAMES)) if isinstance(targets, tuple) else None
+            )
+            return IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type="CAUSAL_LM")
+        return self.lora_config()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Strict: keys are flag names (``lora-alpha`` or ``lora_alpha``); an unknown one suggests the closest."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean {_flag(close[0])!r}?)" if close else ""
+                raise ValueError(f"{source}: unknown key {key!r}{hint}")
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Names of feed-forward output projections, whose *input* IA3 scales (llama/mistral/qwen, GPT-2, OPT, Mixtral).
+_FEEDFORWARD_NAMES = ("down_proj", "mlp.c_proj", "fc2", "w2")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
