@@ -94,7 +94,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         measured = measure_train(tmp)
     rows, length, labels = largest_batch()
-    settings = PlanSettings(r=16, batch_size=rows, seq_len=length, label_fraction=labels / (rows * length))
+    # lorakit train stores the frozen base in bf16 and computes in bf16 (--precision auto): plan's "bf16" model.
+    settings = PlanSettings(
+        r=16, batch_size=rows, seq_len=length, label_fraction=labels / (rows * length), precision="bf16"
+    )
     _, _, plans = plan_methods(None, settings, ("lora",))
     estimate = plans["lora"].memory
     training = measured["peak_training"] - runtime
@@ -118,8 +121,8 @@ def main() -> None:
             ["plan: activations", round(estimate.activations / mb)],
             ["plan: total", round(estimate.total / mb)],
         ],
-        "notes": f"lorakit train --max-steps {STEPS} (LoRA r=16, all-linear, batch 8, autocast bf16); largest "
-        f"micro-batch {rows} x {length} tokens with {labels} label tokens; plan/measured = "
+        "notes": f"lorakit train --max-steps {STEPS} (LoRA r=16, all-linear, batch 8, bf16 base; plan --precision "
+        f"bf16); largest micro-batch {rows} x {length} tokens with {labels} label tokens; plan/measured = "
         f"{estimate.total / training:.2f}",
     }
     out = Path(__file__).parent / "results" / "plan_memory.json"

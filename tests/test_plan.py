@@ -13,9 +13,10 @@ from lorakit.plan import PlanSettings, count_trainable, meta_model, model_config
 from tests.tiny import tiny_gpt2, tiny_llama
 
 # Measured with `python bench/plan_memory.py` (lorakit train --max-steps 3, built-in model, LoRA r=16 on
-# all-linear, batch 8, bf16 autocast, largest micro-batch 8 x 180 tokens with 500 label tokens) on the 2-core
-# development machine: peak RSS during the steps minus the runtime's RSS (imports, tokenizer, data; no model).
-MEASURED_TRAINING_BYTES = 3_028_000_000  # 3,397 MB peak RSS during the steps - 370 MB runtime
+# all-linear, batch 8, frozen base stored and computed in bf16 = plan's --precision bf16, largest micro-batch
+# 8 x 180 tokens with 500 label tokens) on the idle 2-core development machine: peak RSS during the steps minus
+# the runtime's RSS (imports, tokenizer, data; no model).
+MEASURED_TRAINING_BYTES = 1_925_000_000  # 2,295 MB peak RSS during the steps - 370 MB runtime
 MEASURED_BATCH = (8, 180, 500)
 
 
@@ -65,10 +66,9 @@ def test_trainable_counts_match_peft() -> None:
     assert count_trainable(gpt2, "full", [], 4) == sum(p.numel() for p in tiny_gpt2().parameters())
 
 
-@pytest.mark.skipif(MEASURED_TRAINING_BYTES == 0, reason="measurement not recorded yet")
 def test_smollm2_estimate_is_within_25_percent_of_measured_rss() -> None:
     rows, length, labels = MEASURED_BATCH
-    s = PlanSettings(r=16, batch_size=rows, seq_len=length, label_fraction=labels / (rows * length))
+    s = PlanSettings(r=16, batch_size=rows, seq_len=length, label_fraction=labels / (rows * length), precision="bf16")
     estimate = plan_methods(None, s, ("lora",))[2]["lora"].memory.total
     assert abs(estimate - MEASURED_TRAINING_BYTES) / MEASURED_TRAINING_BYTES <= 0.25
 
