@@ -222,7 +222,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from lorakit.serve.server import parse_adapter_flags, serve
 
     serve(args.model, parse_adapter_flags(args.adapter), args.adapter_dir, args.host, args.port, args.max_batch,
-          args.max_new_tokens, args.max_input_tokens, args.dtype)  # fmt: skip
+          args.max_new_tokens, args.max_input_tokens, args.dtype, args.trust_remote_code)  # fmt: skip
     return 0
 
 
@@ -351,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=_positive, default=256, help="the largest max_tokens a request may ask")
     p.add_argument("--max-input-tokens", type=_positive, default=2048, help="longer prompts are refused (400)")
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 where fast")
+    p.add_argument("--trust-remote-code", action="store_true", help="let the model folder run its own Python code")
     p.set_defaults(func=cmd_serve)
     for command in sub.choices.values():  # --debug also after the subcommand
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")

@@ -217,8 +217,9 @@ def test_remote_code_needs_the_flag(tiny_model_dir: Path, tmp_path: Path, capsys
                                                          "AutoModelForCausalLM": "custom.CustomModel"})  # fmt: skip
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "custom.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
-    line = _error_line(capsys, ["generate", "--model", str(folder), "--prompt", "hi"])
-    assert "custom-model" in line and "--trust-remote-code" in line
+    for argv in (["generate", "--prompt", "hi"], ["serve"]):
+        line = _error_line(capsys, [*argv, "--model", str(folder)])
+        assert "custom-model" in line and "--trust-remote-code" in line
     assert not marker.exists()
     with pytest.raises(Exception):  # noqa: B017 - with the flag the code runs (and, being no model, fails)
         lorakit.load_model(str(folder), trust_remote_code=True)

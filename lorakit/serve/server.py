@@ -32,7 +32,9 @@ def parse_adapter_flags(flags: Sequence[str]) -> dict[str, Path]:
     return adapters
 
 
-def load_engine(model: str | None, dtype: Dtype = "auto", max_batch: int = 8) -> tuple[Engine, str]:
+def load_engine(
+    model: str | None, dtype: Dtype = "auto", max_batch: int = 8, trust_remote_code: bool = False
+) -> tuple[Engine, str]:
     """The base model in its serving precision, wrapped in an engine; and the name clients use for it.
 
     "auto" is bf16 where the hardware runs it fast (as ``lorakit generate``); adapters stay float32 (they are
@@ -40,7 +42,7 @@ def load_engine(model: str | None, dtype: Dtype = "auto", max_batch: int = 8) ->
     """
     from lorakit.train.loop import resolve_precision
 
-    base, tokenizer = lorakit.load_model(model)
+    base, tokenizer = lorakit.load_model(model, trust_remote_code=trust_remote_code)
     weight = next(base.parameters())
     if dtype == "bf16" or (dtype == "auto" and resolve_precision("auto", weight.device) == torch.bfloat16):
         base.to(torch.bfloat16)
@@ -58,6 +60,7 @@ def serve(
     max_new_tokens: int = 256,
     max_input_tokens: int = 2048,
     dtype: Dtype = "auto",
+    trust_remote_code: bool = False,
 ) -> None:
     """Load everything, then answer HTTP requests until interrupted."""
     try:
@@ -68,7 +71,9 @@ def serve(
         raise LorakitError(f"lorakit serve needs its web stack: pip install 'lorakit[serve]' ({err})") from None
     if adapter_dir is not None and not Path(adapter_dir).is_dir():
         raise LorakitError(f"--adapter-dir {adapter_dir}: no such folder")
-    state = build_state(model, adapters or {}, adapter_dir, max_batch, max_new_tokens, max_input_tokens, dtype)
+    state = build_state(
+        model, adapters or {}, adapter_dir, max_batch, max_new_tokens, max_input_tokens, dtype, trust_remote_code
+    )
     print(f"lorakit serve: http://{host}:{port}/v1  models: {', '.join([state.base_name, *state.adapters])}")
     uvicorn.run(create_app(state), host=host, port=port, log_level="warning")
     state.engine.close()
@@ -76,7 +81,7 @@ def serve(
 
 def build_state(
     model: str | None, adapters: dict[str, Path], adapter_dir: str | None, max_batch: int = 8,
-    max_new_tokens: int = 256, max_input_tokens: int = 2048, dtype: Dtype = "auto",
+    max_new_tokens: int = 256, max_input_tokens: int = 2048, dtype: Dtype = "auto", trust_remote_code: bool = False,
 ) -> Any:  # fmt: skip
     """A ready ``ServerState``: model, engine and the ``--adapter`` adapters loaded."""
     from lorakit.io import find_adapter_folder
@@ -84,7 +89,7 @@ def build_state(
 
     for folder in adapters.values():
         find_adapter_folder(folder)  # a wrong path fails before the model is loaded
-    engine, name = load_engine(model, dtype, max_batch)
+    engine, name = load_engine(model, dtype, max_batch, trust_remote_code)
     state = ServerState(engine, name, Path(adapter_dir) if adapter_dir else None, max_new_tokens, max_input_tokens)
     for adapter, folder in adapters.items():
         engine.call(functools.partial(state.load, adapter, folder)).result()
