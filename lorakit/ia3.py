@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lorakit.layers import LoraLayer, _accumulation_dtype, _adapter_dtype, is_gpt2_conv1d, weight_of
+from lorakit.layers import LoraLayer, _accumulation_dtype, _adapter_dtype, linear_shape, weight_of
 
 
 class IA3Linear(LoraLayer):
@@ -25,11 +25,7 @@ class IA3Linear(LoraLayer):
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool, feedforward: bool) -> None:
         super().__init__(base_layer)
-        self.fan_in_fan_out = fan_in_fan_out or is_gpt2_conv1d(base_layer)
-        out_features, in_features = weight_of(base_layer).shape
-        if self.fan_in_fan_out:
-            in_features, out_features = out_features, in_features
-        self.in_features, self.out_features = in_features, out_features
+        self.fan_in_fan_out, self.in_features, self.out_features = linear_shape(base_layer, fan_in_fan_out)
         self.is_feedforward = feedforward
         self.ia3_l = nn.ParameterDict()
 

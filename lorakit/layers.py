@@ -45,6 +45,13 @@ def weight_of(module: nn.Module) -> torch.Tensor:
     return weight
 
 
+def linear_shape(base_layer: nn.Module, fan_in_fan_out: bool) -> tuple[bool, int, int]:
+    """(fan_in_fan_out, in_features, out_features) of a Linear or GPT-2 Conv1D (whose weight is stored (in, out))."""
+    transposed = fan_in_fan_out or is_gpt2_conv1d(base_layer)
+    out_features, in_features = weight_of(base_layer).shape
+    return (transposed, out_features, in_features) if transposed else (transposed, in_features, out_features)
+
+
 def is_linear_like(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, QuantLinear)) or is_gpt2_conv1d(module)
 
@@ -172,11 +179,7 @@ class Linear(LoraLayer):
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer)
-        self.fan_in_fan_out = fan_in_fan_out or is_gpt2_conv1d(base_layer)
-        out_features, in_features = weight_of(base_layer).shape
-        if self.fan_in_fan_out:
-            in_features, out_features = out_features, in_features
-        self.in_features, self.out_features = in_features, out_features
+        self.fan_in_fan_out, self.in_features, self.out_features = linear_shape(base_layer, fan_in_fan_out)
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
 

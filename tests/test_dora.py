@@ -14,7 +14,7 @@ from torch import nn
 
 import lorakit
 from lorakit.dora import DoraLinear
-from tests.tiny import randomize_lora_b, tiny_gpt2, tiny_llama
+from tests.tiny import logits_of, randomize_lora_b, tiny_gpt2, tiny_llama, token_ids
 
 CASES: list[tuple[str, Callable[[], nn.Module], dict]] = [
     ("llama", tiny_llama, {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}),
@@ -24,15 +24,6 @@ CASES: list[tuple[str, Callable[[], nn.Module], dict]] = [
                          "fan_in_fan_out": True}),
 ]  # fmt: skip
 IDS = [c[0] for c in CASES]
-
-
-def _ids() -> torch.Tensor:
-    return torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(3))
-
-
-def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x).logits
 
 
 def _our_key(peft_key: str) -> str:
@@ -51,34 +42,34 @@ def _perturb_magnitudes(model: nn.Module, seed: int = 2) -> None:
 
 @pytest.mark.parametrize(("name", "factory", "kwargs"), CASES, ids=IDS)
 def test_lorakit_saves_peft_loads(name: str, factory: Callable[[], nn.Module], kwargs: dict, tmp_path: Path) -> None:
-    base, x = factory(), _ids()
+    base, x = factory(), token_ids()
     ours = lorakit.add_adapter(copy.deepcopy(base), lorakit.LoraConfig(**kwargs, use_dora=True))
     randomize_lora_b(ours)
     _perturb_magnitudes(ours)
     lorakit.save_adapter(ours, tmp_path)
     theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path).eval()
-    expected = _logits(theirs, x)
-    assert (expected - _logits(base, x)).abs().max() > 1e-2, "the adapter must change the output"
-    torch.testing.assert_close(_logits(ours, x), expected, atol=1e-5, rtol=0)
+    expected = logits_of(theirs, x)
+    assert (expected - logits_of(base, x)).abs().max() > 1e-2, "the adapter must change the output"
+    torch.testing.assert_close(logits_of(ours, x), expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize(("name", "factory", "kwargs"), CASES, ids=IDS)
 def test_peft_saves_lorakit_loads(name: str, factory: Callable[[], nn.Module], kwargs: dict, tmp_path: Path) -> None:
-    base, x = factory(), _ids()
+    base, x = factory(), token_ids()
     config = peft.LoraConfig(**kwargs, use_dora=True, init_lora_weights=False)
     theirs = peft.get_peft_model(copy.deepcopy(base), config).eval()
     _perturb_magnitudes(theirs)
     theirs.save_pretrained(tmp_path)
     ours = lorakit.load_adapter(copy.deepcopy(base), tmp_path)
-    expected = _logits(theirs, x)
-    assert (expected - _logits(base, x)).abs().max() > 1e-2
-    torch.testing.assert_close(_logits(ours, x), expected, atol=1e-5, rtol=0)
+    expected = logits_of(theirs, x)
+    assert (expected - logits_of(base, x)).abs().max() > 1e-2
+    torch.testing.assert_close(logits_of(ours, x), expected, atol=1e-5, rtol=0)
     assert any(isinstance(m, DoraLinear) for m in ours.modules())
 
 
 def test_gradients_match_peft() -> None:
     """The norm is detached as in peft (paper section 4.3): A, B and m get peft's gradients."""
-    base, x = tiny_llama(), _ids()
+    base, x = tiny_llama(), token_ids()
     kwargs = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "up_proj"]}
     theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(**kwargs, use_dora=True, init_lora_weights=False))
     _perturb_magnitudes(theirs)
@@ -130,7 +121,7 @@ def test_weight_norm_against_float64() -> None:
 
 @pytest.mark.parametrize("factory", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
 def test_merge_is_exact_and_unmerge_restores(factory: Callable[[], nn.Module]) -> None:
-    base, x = factory(), _ids()
+    base, x = factory(), token_ids()
     model = copy.deepcopy(base)
     targets = "all-linear"
     lorakit.add_adapter(model, lorakit.LoraConfig(r=4, lora_alpha=8, target_modules=targets, use_dora=True), "d1")
@@ -139,22 +130,22 @@ def test_merge_is_exact_and_unmerge_restores(factory: Callable[[], nn.Module]) -
     randomize_lora_b(model)
     _perturb_magnitudes(model)
     lorakit.set_adapters(model, ["d1", "d2", "plain"])
-    unmerged = _logits(model, x)
+    unmerged = logits_of(model, x)
     lorakit.merge_adapters(model, ["d1"])
-    torch.testing.assert_close(_logits(model, x), unmerged, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits_of(model, x), unmerged, atol=1e-5, rtol=0)
     lorakit.merge_adapters(model, ["plain", "d2"])  # merged in two goes: still the same model
-    torch.testing.assert_close(_logits(model, x), unmerged, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits_of(model, x), unmerged, atol=1e-5, rtol=0)
     lorakit.unmerge_adapters(model)
     for (name, param), (_, original) in zip(
         lorakit.unload(copy.deepcopy(model), merge=False).named_parameters(), base.named_parameters(), strict=True
     ):
         torch.testing.assert_close(param, original, atol=1e-6, rtol=0, msg=name)
     merged = lorakit.unload(model)
-    torch.testing.assert_close(_logits(merged, x), unmerged, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits_of(merged, x), unmerged, atol=1e-5, rtol=0)
 
 
 def test_merged_dora_matches_peft_merge() -> None:
-    base, x = tiny_llama(), _ids()
+    base, x = tiny_llama(), token_ids()
     config = peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", use_dora=True, init_lora_weights=False)
     theirs = peft.get_peft_model(copy.deepcopy(base), config)
     _perturb_magnitudes(theirs)
@@ -165,7 +156,7 @@ def test_merged_dora_matches_peft_merge() -> None:
     ours_merged = lorakit.unload(ours)
     for (name, mine), (_, want) in zip(ours_merged.named_parameters(), theirs_merged.named_parameters(), strict=True):
         torch.testing.assert_close(mine, want, atol=2e-6, rtol=0, msg=name)
-    torch.testing.assert_close(_logits(ours_merged, x), _logits(theirs_merged, x), atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits_of(ours_merged, x), logits_of(theirs_merged, x), atol=1e-5, rtol=0)
 
 
 def test_dora_refuses_embeddings() -> None:
@@ -175,7 +166,7 @@ def test_dora_refuses_embeddings() -> None:
 
 def test_training_forward_with_dropout_matches_peft() -> None:
     """With dropout the base term sees the dropped-out input too (peft's behaviour); same seed, same masks."""
-    base, x = tiny_llama(), _ids()
+    base, x = tiny_llama(), token_ids()
     kwargs = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.3}
     theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(**kwargs, use_dora=True, init_lora_weights=False))
     _perturb_magnitudes(theirs)

@@ -16,7 +16,7 @@ from torch import nn
 import lorakit
 from lorakit.config import IA3Config
 from lorakit.ia3 import IA3Linear
-from tests.tiny import tiny_gpt2, tiny_llama
+from tests.tiny import logits_of, tiny_gpt2, tiny_llama, token_ids
 
 CASES: list[tuple[str, Callable[[], nn.Module], dict]] = [
     ("llama-defaults", tiny_llama, {}),
@@ -29,15 +29,6 @@ CASES: list[tuple[str, Callable[[], nn.Module], dict]] = [
 IDS = [c[0] for c in CASES]
 
 
-def _ids() -> torch.Tensor:
-    return torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(3))
-
-
-def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x).logits
-
-
 def _randomize(model: nn.Module, seed: int = 1) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -48,27 +39,27 @@ def _randomize(model: nn.Module, seed: int = 1) -> None:
 
 @pytest.mark.parametrize(("name", "factory", "kwargs"), CASES, ids=IDS)
 def test_lorakit_saves_peft_loads(name: str, factory: Callable[[], nn.Module], kwargs: dict, tmp_path: Path) -> None:
-    base, x = factory(), _ids()
+    base, x = factory(), token_ids()
     ours = lorakit.add_adapter(copy.deepcopy(base), IA3Config(**kwargs))
     _randomize(ours)
     lorakit.save_adapter(ours, tmp_path)
     assert json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"] == "IA3"
     theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path).eval()
-    expected = _logits(theirs, x)
-    assert (expected - _logits(base, x)).abs().max() > 1e-2, "the adapter must change the output"
-    torch.testing.assert_close(_logits(ours, x), expected, atol=1e-5, rtol=0)
+    expected = logits_of(theirs, x)
+    assert (expected - logits_of(base, x)).abs().max() > 1e-2, "the adapter must change the output"
+    torch.testing.assert_close(logits_of(ours, x), expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize(("name", "factory", "kwargs"), CASES, ids=IDS)
 def test_peft_saves_lorakit_loads(name: str, factory: Callable[[], nn.Module], kwargs: dict, tmp_path: Path) -> None:
-    base, x = factory(), _ids()
+    base, x = factory(), token_ids()
     theirs = peft.get_peft_model(copy.deepcopy(base), peft.IA3Config(**kwargs)).eval()
     _randomize(theirs)
     theirs.save_pretrained(tmp_path)
     ours = lorakit.load_adapter(copy.deepcopy(base), tmp_path)
-    expected = _logits(theirs, x)
-    assert (expected - _logits(base, x)).abs().max() > 1e-2
-    torch.testing.assert_close(_logits(ours, x), expected, atol=1e-5, rtol=0)
+    expected = logits_of(theirs, x)
+    assert (expected - logits_of(base, x)).abs().max() > 1e-2
+    torch.testing.assert_close(logits_of(ours, x), expected, atol=1e-5, rtol=0)
     # Same tensors under the same keys and shapes as peft wrote them.
     lorakit.save_adapter(ours, tmp_path / "again")
     mine, want = (
@@ -90,19 +81,19 @@ def test_defaults_are_peft_defaults() -> None:
 
 @pytest.mark.parametrize("factory", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
 def test_merge_unmerge_and_disable(factory: Callable[[], nn.Module]) -> None:
-    base, x = factory(), _ids()
+    base, x = factory(), token_ids()
     model = lorakit.add_adapter(copy.deepcopy(base), IA3Config())
     _randomize(model)
-    unmerged = _logits(model, x)
+    unmerged = logits_of(model, x)
     with lorakit.disable_adapters(model):
-        torch.testing.assert_close(_logits(model, x), _logits(base, x), atol=1e-6, rtol=0)
+        torch.testing.assert_close(logits_of(model, x), logits_of(base, x), atol=1e-6, rtol=0)
     lorakit.merge_adapters(model)
-    torch.testing.assert_close(_logits(model, x), unmerged, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits_of(model, x), unmerged, atol=1e-5, rtol=0)
     lorakit.unmerge_adapters(model)
-    torch.testing.assert_close(_logits(model, x), unmerged, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits_of(model, x), unmerged, atol=1e-5, rtol=0)
     merged = lorakit.unload(model)
     assert not any(isinstance(m, IA3Linear) for m in merged.modules())
-    torch.testing.assert_close(_logits(merged, x), unmerged, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits_of(merged, x), unmerged, atol=1e-5, rtol=0)
 
 
 def test_bias_is_scaled_on_output_layers() -> None:
@@ -119,7 +110,7 @@ def test_bias_is_scaled_on_output_layers() -> None:
 
 
 def test_train_changes_only_the_vectors() -> None:
-    model, x = lorakit.add_adapter(tiny_llama(), IA3Config()), _ids()
+    model, x = lorakit.add_adapter(tiny_llama(), IA3Config()), token_ids()
     params = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
     optimiser = torch.optim.AdamW(params, lr=1e-2)

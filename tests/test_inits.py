@@ -13,18 +13,9 @@ import torch
 from torch import nn
 
 import lorakit
-from tests.tiny import tiny_llama
+from tests.tiny import logits_of, tiny_llama, token_ids
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
-
-
-def _ids() -> torch.Tensor:
-    return torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(3))
-
-
-def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x).logits
 
 
 def _train_a_little(model: nn.Module, seed: int = 5) -> None:
@@ -39,11 +30,11 @@ def _train_a_little(model: nn.Module, seed: int = 5) -> None:
 @pytest.mark.parametrize("init", ["pissa", "olora"])
 @pytest.mark.parametrize("rslora", [False, True], ids=["plain", "rslora"])
 def test_init_matches_peft_and_keeps_the_output(init: str, rslora: bool) -> None:
-    base, x = tiny_llama(), _ids()
+    base, x = tiny_llama(), token_ids()
     kwargs = {"r": 4, "lora_alpha": 8, "target_modules": TARGETS, "use_rslora": rslora, "init_lora_weights": init}
     ours = lorakit.add_adapter(copy.deepcopy(base), lorakit.LoraConfig(**kwargs))
     theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(**kwargs))
-    torch.testing.assert_close(_logits(ours, x), _logits(base, x), atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits_of(ours, x), logits_of(base, x), atol=1e-5, rtol=0)
     mine = dict(ours.named_parameters())
     checked = 0
     for name, param in theirs.named_parameters():
@@ -54,7 +45,7 @@ def test_init_matches_peft_and_keeps_the_output(init: str, rslora: bool) -> None
 
 
 def test_pissa_fast_svd_keeps_the_output_and_takes_the_top_subspace() -> None:
-    base, x = tiny_llama(), _ids()
+    base, x = tiny_llama(), token_ids()
     weight = base.model.layers[0].self_attn.q_proj.weight
     with torch.no_grad():  # a spectrum with a clear top 4, so the randomised SVD has a definite answer
         q1, _ = torch.linalg.qr(torch.randn(32, 32, generator=torch.Generator().manual_seed(0)))
@@ -63,7 +54,7 @@ def test_pissa_fast_svd_keeps_the_output_and_takes_the_top_subspace() -> None:
         weight.copy_((q1 * spectrum) @ q2.T)
     config = lorakit.LoraConfig(r=4, lora_alpha=4, target_modules=TARGETS, init_lora_weights="pissa_niter_8")
     ours = lorakit.add_adapter(copy.deepcopy(base), config)
-    torch.testing.assert_close(_logits(ours, x), _logits(base, x), atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits_of(ours, x), logits_of(base, x), atol=1e-5, rtol=0)
     layer = ours.model.layers[0].self_attn.q_proj
     w = base.model.layers[0].self_attn.q_proj.weight.double()
     u, s, vh = torch.linalg.svd(w)
@@ -75,7 +66,7 @@ def test_pissa_fast_svd_keeps_the_output_and_takes_the_top_subspace() -> None:
 @pytest.mark.parametrize("init", ["pissa", "olora"])
 @pytest.mark.parametrize("rslora", [False, True], ids=["plain", "rslora"])
 def test_converted_adapter_loads_on_the_original_base(init: str, rslora: bool, tmp_path: Path) -> None:
-    base, x = tiny_llama(), _ids()
+    base, x = tiny_llama(), token_ids()
     kwargs = {"r": 4, "lora_alpha": 8, "target_modules": TARGETS, "use_rslora": rslora, "init_lora_weights": init}
     # lorakit trains, converts; peft loads the plain adapter on the unmodified base.
     ours = lorakit.add_adapter(copy.deepcopy(base), lorakit.LoraConfig(**kwargs))
@@ -85,11 +76,11 @@ def test_converted_adapter_loads_on_the_original_base(init: str, rslora: bool, t
     written = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
     assert written["r"] == 8 and written["init_lora_weights"] is True
     theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "lora").eval()
-    expected = _logits(ours, x)
-    assert (expected - _logits(base, x)).abs().max() > 1e-2
-    torch.testing.assert_close(_logits(theirs, x), expected, atol=1e-4, rtol=0)
+    expected = logits_of(ours, x)
+    assert (expected - logits_of(base, x)).abs().max() > 1e-2
+    torch.testing.assert_close(logits_of(theirs, x), expected, atol=1e-4, rtol=0)
     # ... and lorakit too.
-    torch.testing.assert_close(_logits(lorakit.load_adapter(copy.deepcopy(base), tmp_path / "lora"), x), expected,
+    torch.testing.assert_close(logits_of(lorakit.load_adapter(copy.deepcopy(base), tmp_path / "lora"), x), expected,
                                atol=1e-4, rtol=0)  # fmt: skip
 
     # peft trains and converts; lorakit loads its plain adapter on the unmodified base.
@@ -100,7 +91,7 @@ def test_converted_adapter_loads_on_the_original_base(init: str, rslora: bool, t
         tmp_path / "p" / "lora", path_initial_model_for_weight_conversion=tmp_path / "p" / "init"
     )
     loaded = lorakit.load_adapter(copy.deepcopy(base), tmp_path / "p" / "lora")
-    torch.testing.assert_close(_logits(loaded, x), _logits(peft_model.eval(), x), atol=1e-4, rtol=0)
+    torch.testing.assert_close(logits_of(loaded, x), logits_of(peft_model.eval(), x), atol=1e-4, rtol=0)
 
 
 def test_conversion_refusals(tmp_path: Path) -> None:

@@ -53,3 +53,13 @@ def randomize_lora_b(model: nn.Module, seed: int = 1) -> None:
         for name, param in model.named_parameters():
             if "lora_B" in name or "lora_embedding_A" in name:
                 param.copy_(torch.randn(param.shape, generator=gen, dtype=param.dtype) * 0.3)
+
+
+def token_ids() -> torch.Tensor:
+    """A fixed (2, 9) batch of token ids inside every tiny model's vocabulary."""
+    return torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(3))
+
+
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).logits
