@@ -211,6 +211,16 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_combine(args: argparse.Namespace) -> int:
+    from lorakit.combine_folders import combine_to_folder, parse_weights
+
+    done = combine_to_folder(args.model, args.adapter, parse_weights(args.weights), args.output, args.method,
+                             args.rank, args.overwrite, args.trust_remote_code)  # fmt: skip
+    print(f"combined {len(args.adapter)} adapter(s) with method {done.method} into a rank-{done.rank} adapter "
+          f"in {done.folder}/")  # fmt: skip
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from lorakit.demo import run_demo
 
@@ -332,11 +342,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="base model (default: the built-in SmolLM2-135M-Instruct)")
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("combine", help="weighted adapters -> one new adapter (cat, linear or svd, as peft)")
+    p.add_argument("--model", help="base model (default: the built-in SmolLM2-135M-Instruct)")
+    p.add_argument("--adapter", action="append", required=True, metavar="DIR", help="an adapter folder (repeat)")
+    p.add_argument("--weights", required=True, help="one weight per --adapter, comma-separated: 0.7,0.3")
+    p.add_argument(
+        "--method",
+        choices=["cat", "linear", "svd"],
+        default="svd",
+        help="cat: exact sum (rank = sum of ranks); svd: best rank --rank; linear: peft's, equal ranks",
+    )
+    p.add_argument("--rank", type=_positive, help="--method svd only: the new rank (default: the largest input rank)")
+    p.add_argument("--output", required=True, help="folder for the combined adapter")
+    p.add_argument("--overwrite", action="store_true", help="replace an adapter already in --output")
+    p.set_defaults(func=cmd_combine)
+
     p = sub.add_parser("demo", help="evaluate, train and evaluate again on the built-in contacts task")
     p.add_argument("--output", help="run folder (default runs/demo-<timestamp>)")
     p.add_argument("--base-limit", type=_positive, default=100, help="held-out examples for the base model")
     p.set_defaults(func=cmd_demo)
-    for name in ("eval", "generate", "chat", "merge"):  # train has it as a TrainConfig field
+    for name in ("eval", "generate", "chat", "merge", "combine"):  # train has it as a TrainConfig field
         sub.choices[name].add_argument(
             "--trust-remote-code", action="store_true", help="let the model folder run its own Python code"
         )

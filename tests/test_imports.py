@@ -14,6 +14,7 @@ LEVELS = {
     "mixed": 4, "quant": 2, "lora_fn": 2, "train": 7, "eval": 7, "serve": 7, "export": 7, "plan": 7, "compare": 8,
     "demo": 8, "cli": 9, "__main__": 10, "__init__": 10,
     "dora": 2, "ia3": 2, "inits": 2, "combine": 4,  # adapter methods beside layers.py and adapters.py
+    "combine_folders": 7,  # lorakit combine: loads a model (models) and adapter files (io)
 }  # fmt: skip
 TRANSFORMERS_FREE = {
     "errors", "config", "train_config", "layers", "lora_fn", "targeting", "adapters", "io", "dora", "ia3", "inits",

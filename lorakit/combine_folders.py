@@ -1,0 +1,122 @@
+"""``lorakit combine``: adapter folders -> one new adapter folder (``lorakit.combine_adapters`` on files).
+
+Every check that needs no model (flags, folders, adapter kinds, the output folder) runs before the base is
+loaded, so a mistake costs no loading time and leaves nothing written.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lorakit
+from lorakit.adapters import adapter_configs
+from lorakit.combine import CombineMethod
+from lorakit.config import IA3Config, LoraConfig
+from lorakit.errors import LorakitError
+from lorakit.io import CONFIG_NAME, WEIGHTS_NAME, find_adapter_folder, read_adapter_config
+
+COMBINED = "default"  # save_adapter writes the "default" adapter straight into the output folder
+
+
+@dataclass(frozen=True)
+class Combined:
+    """What ``combine_to_folder`` wrote: the folder, the method actually used and the new adapter's rank."""
+
+    folder: Path
+    method: CombineMethod
+    rank: int
+
+
+def parse_weights(text: str) -> list[float]:
+    """``"0.7,0.3"`` -> ``[0.7, 0.3]``; anything else is a one-line error naming ``--weights``."""
+    weights: list[float] = []
+    for part in text.split(","):
+        try:
+            weight = float(part)
+        except ValueError:
+            raise LorakitError(f"--weights: {part.strip()!r} is not a number (expected e.g. 0.7,0.3)") from None
+        if not math.isfinite(weight):
+            raise LorakitError(f"--weights: {part.strip()!r} is not a finite number")
+        weights.append(weight)
+    return weights
+
+
+def _check_combinable(folders: list[Path], method: CombineMethod) -> None:
+    """Refuse adapters ``combine_adapters`` cannot combine, naming the folder (not an internal adapter name)."""
+    configs = [read_adapter_config(f) for f in folders]
+    kinds = {"IA3" if isinstance(c, IA3Config) else "LoRA" for c in configs}
+    if len(kinds) > 1:
+        listed = ", ".join(
+            f"{f} ({'IA3' if isinstance(c, IA3Config) else 'LoRA'})" for f, c in zip(folders, configs, strict=True)
+        )
+        raise LorakitError(f"--adapter: cannot combine adapters of different kinds: {listed}")
+    for folder, config in zip(folders, configs, strict=True):
+        if isinstance(config, IA3Config):
+            raise LorakitError(f"{folder}: an IA3 adapter; lorakit combine combines LoRA adapters only")
+        assert isinstance(config, LoraConfig)
+        if config.use_dora:
+            # A DoRA layer's output is magnitude * (W + BA) / ||W + BA||: weighted sums of the B A's say nothing
+            # about the combined magnitude vector. (peft keeps the first adapter's use_dora and re-initialises
+            # the magnitude from the base weight, which is neither adapter's behaviour.)
+            raise LorakitError(
+                f"{folder}: a DoRA adapter (use_dora); its magnitude vector does not combine, so lorakit combine "
+                "takes plain LoRA adapters only (lorakit merge can bake a DoRA adapter into the base instead)"
+            )
+        if config.modules_to_save:
+            raise LorakitError(
+                f"{folder}: has modules_to_save {list(config.modules_to_save)}; lorakit combine combines the "
+                "low-rank weights of plain LoRA adapters only"
+            )
+    ranks = [max([c.r, *c.rank_pattern.values()]) for c in configs if isinstance(c, LoraConfig)]
+    if method == "linear" and len(set(ranks)) > 1:
+        listed = ", ".join(f"r={r} ({f})" for f, r in zip(folders, ranks, strict=True))
+        raise LorakitError(f"--method linear needs adapters of one rank, got {listed}; use --method cat or svd")
+
+
+def combine_to_folder(
+    model_name: str | None,
+    adapters: Sequence[str],
+    weights: Sequence[float],
+    output: str,
+    method: CombineMethod = "svd",
+    rank: int | None = None,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+) -> Combined:
+    """Load the base once, each adapter folder under its own name, combine them (weights ``weights``) and save
+    only the combination, in peft's format, to ``output``.
+
+    One adapter is legitimate, as in peft's ``add_weighted_adapter``: it is rescaled by its weight (peft's
+    "linear" method, whatever ``method`` says), so ``rank`` cannot apply and is refused.
+    """
+    if not adapters:
+        raise LorakitError("combine needs at least one --adapter")
+    if len(weights) != len(adapters):
+        raise LorakitError(f"--weights has {len(weights)} value(s) for {len(adapters)} --adapter folder(s)")
+    if rank is not None and method != "svd":
+        raise LorakitError(f"--rank applies to --method svd only (got --method {method})")
+    if rank is not None and rank < 1:
+        raise LorakitError(f"--rank must be a positive integer, got {rank}")
+    if rank is not None and len(adapters) == 1:
+        raise LorakitError("--rank: a single adapter is only rescaled by its weight (as peft does) and keeps its rank")
+    folder = Path(output)
+    if folder.exists() and not folder.is_dir():
+        raise LorakitError(f"{folder}: --output exists and is not a folder")
+    if not overwrite and any((folder / n).exists() for n in (CONFIG_NAME, WEIGHTS_NAME)):
+        raise LorakitError(f"{folder}: already holds an adapter; pass --overwrite to replace it")
+    folders = [find_adapter_folder(a) for a in adapters]
+    _check_combinable(folders, method if len(folders) > 1 else "linear")
+
+    model, _ = lorakit.load_model(model_name, trust_remote_code=trust_remote_code)
+    names = [f"input{i}" for i in range(len(folders))]
+    for name, adapter_folder in zip(names, folders, strict=True):
+        lorakit.load_adapter(model, adapter_folder, name)
+    used: CombineMethod = "linear" if len(names) == 1 else method  # as combine_adapters (and peft) do
+    lorakit.combine_adapters(model, names, weights, COMBINED, used, rank=rank)
+    written = lorakit.save_adapter(model, folder, COMBINED)
+    config = adapter_configs(model)[COMBINED]
+    assert isinstance(config, LoraConfig)
+    return Combined(written, used, config.r)
