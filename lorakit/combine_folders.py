@@ -59,8 +59,9 @@ def _check_combinable(folders: list[Path], method: CombineMethod) -> None:
         assert isinstance(config, LoraConfig)
         if config.use_dora:
             # A DoRA layer's output is magnitude * (W + BA) / ||W + BA||: weighted sums of the B A's say nothing
-            # about the combined magnitude vector. (peft keeps the first adapter's use_dora and re-initialises
-            # the magnitude from the base weight, which is neither adapter's behaviour.)
+            # about the combined magnitude vector. (peft 0.21 accepts DoRA here but keeps the magnitude computed
+            # when the new adapter was created, before its A and B are filled: weights 1,0 do not give back the
+            # first adapter.)
             raise LorakitError(
                 f"{folder}: a DoRA adapter (use_dora); its magnitude vector does not combine, so lorakit combine "
                 "takes plain LoRA adapters only (lorakit merge can bake a DoRA adapter into the base instead)"
