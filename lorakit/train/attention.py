@@ -8,7 +8,8 @@ casts cost far less than they save) and the output is cast back. The projections
 
 This is transformers' own ``sdpa`` attention with the casts around it, registered under a name of its own
 through transformers' ``AttentionInterface`` (the documented way to plug in an attention function); nothing of
-transformers is patched. On other devices, or for fp32 inputs, it is plain ``sdpa``.
+transformers is patched. On other devices, or for fp32 inputs, it is plain ``sdpa``. With a padding mask and
+grouped-query attention it calls the kernel in its grouped mode instead of repeating k and v (see below).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 NAME = "lorakit_sdpa_fp32"
@@ -35,7 +37,18 @@ def sdpa_fp32(
         attention_mask = attention_mask.float()
     if isinstance(kwargs.get("position_bias"), torch.Tensor):
         kwargs["position_bias"] = kwargs["position_bias"].float()
+    groups = getattr(module, "num_key_value_groups", 1)
+    plain = all(kwargs.get(k) is None for k in ("position_bias", "softcap")) and not kwargs.get("output_attentions")
     with torch.autocast("cpu", enabled=False):  # autocast would cast q, k, v back to bf16 for the kernel
+        if attention_mask is not None and groups > 1 and query.shape[2] > 1 and plain:
+            # With a (padding) mask, transformers repeats k and v for each query head (B, kv, S, d) -> (B, heads,
+            # S, d); the kernel's own grouped-query mode reads them in place: same result, no copies and no sum
+            # over the copies in the backward (1 thread, fp32: 18 instead of 24 ms per layer, fwd+bwd).
+            out = F.scaled_dot_product_attention(
+                query.float(), key.float(), value.float(), attn_mask=attention_mask,
+                dropout_p=kwargs.get("dropout", 0.0), scale=kwargs.get("scaling"), enable_gqa=True,
+            )  # fmt: skip
+            return out.transpose(1, 2).contiguous().to(value.dtype), None  # (B, T, heads, d), as sdpa's
         out, weights = sdpa_attention_forward(
             module, query.float(), key.float(), value.float(), attention_mask, **kwargs
         )  # out (B, T, heads, d)
