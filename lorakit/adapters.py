@@ -17,16 +17,7 @@ from lorakit.dora import DoraLinear
 from lorakit.errors import AdapterError
 from lorakit.ia3 import IA3Linear
 from lorakit.inits import init_from_weight, is_weight_init
-from lorakit.layers import (
-    Linear,
-    LoraLayer,
-    ModulesToSave,
-    is_gpt2_conv1d,
-    is_linear_like,
-    link_shared_inputs,
-    wrap,
-    wrapper_for,
-)
+from lorakit.layers import Linear, LoraLayer, ModulesToSave, is_gpt2_conv1d, is_linear_like, wrap, wrapper_for
 from lorakit.targeting import resolve_config, select_modules
 
 CONFIGS_ATTR = "lorakit_configs"
@@ -112,7 +103,6 @@ def add_adapter(model: nn.Module, config: AdapterConfig, name: str = "default") 
             _set_submodule(model, module_name, wrapper)
         wrapper.add(name)
     configs[name] = config
-    link_shared_inputs(model)  # q/k/v (gate/up) share one x A^T product: same maths, fewer GEMMs
     set_adapters(model, [name])
     mark_trainable(model, name)
     return model

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lorakit.lora_fn import SharedInput, lora_down
+from lorakit.lora_fn import lora_product
 from lorakit.quant import QuantLinear, dequantized_linear
 
 InitMode = bool | str
@@ -176,8 +176,6 @@ class Linear(LoraLayer):
     """LoRA for ``nn.Linear`` and GPT-2's ``Conv1D``: ``y = W x + scaling * B A dropout(x)``."""
 
     adapter_param_names = ("lora_A", "lora_B")
-    # Siblings that may read the same input (q/k/v_proj): set by link_shared_inputs, see lorakit.lora_fn.
-    input_group: SharedInput | None = None
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer)
@@ -198,22 +196,10 @@ class Linear(LoraLayer):
             nn.init.kaiming_uniform_(weight_of(self.lora_A[name]), a=math.sqrt(5))
         nn.init.zeros_(weight_of(self.lora_B[name]))
 
-    def down_weight(self, name: str) -> tuple[torch.Tensor, float] | None:
-        """(A, scaling) of adapter ``name`` when it runs on the plain path here (active, unmerged, no dropout)."""
-        plain = type(self) is Linear and not self.disabled and self.row_delta is None
-        if not plain or name not in self.active_adapters or name in self.merged_adapters:
-            return None
-        if not isinstance(self.lora_dropout[name], nn.Identity):
-            return None
-        return weight_of(self.lora_A[name]), self.scaling[name]
-
     def lora_delta(self, x: torch.Tensor, name: str) -> torch.Tensor:
         lora_A, lora_B = self.lora_A[name], self.lora_B[name]
-        if isinstance(self.lora_dropout[name], nn.Identity):  # autograd keeps x (alive anyway), A and h
-            h = self.input_group.down(self, x, name) if self.input_group is not None else None
-            if h is None:
-                (h,) = lora_down(x, [weight_of(lora_A)], [self.scaling[name]])  # (..., r)
-            return F.linear(h, weight_of(lora_B).to(h.dtype))  # (..., out)
+        if isinstance(self.lora_dropout[name], nn.Identity):  # one autograd node that saves only x, A, B
+            return lora_product(x, weight_of(lora_A), weight_of(lora_B), self.scaling[name])  # (..., out)
         x = self.lora_dropout[name](x.to(weight_of(lora_A).dtype))
         return lora_B(lora_A(x)) * self.scaling[name]  # (..., out)
 
@@ -333,37 +319,6 @@ class ModulesToSave(nn.Module):
                 if name in self.modules_to_save:
                     return self.modules_to_save[name](*args, **kwargs)
         return self.original_module(*args, **kwargs)
-
-
-# Sibling projections that transformers call on one tensor: q/k/v on the attention input, gate/up on the MLP's
-# (Llama, Mistral, Qwen, Gemma, OPT, Whisper, ...; BERT's query/key/value; Mixtral's experts w1/w3).
-SHARED_INPUT_NAMES: tuple[frozenset[str], ...] = (
-    frozenset({"q_proj", "k_proj", "v_proj"}), frozenset({"gate_proj", "up_proj"}),
-    frozenset({"query", "key", "value"}), frozenset({"w1", "w3"}),
-)  # fmt: skip
-
-
-def link_shared_inputs(model: nn.Module) -> None:
-    """Let sibling LoRA ``Linear`` layers that read one input share one ``x A^T`` product (see ``SharedInput``).
-
-    Candidates are chosen by name (``SHARED_INPUT_NAMES``) and input width; whether a call really shares its
-    input is checked at each call, so a model that calls them on different tensors still gets the right result.
-    Groups are rebuilt from scratch on each call (after adding an adapter).
-    """
-    for parent in model.modules():
-        groups: dict[tuple[int, int], list[Linear]] = {}
-        for child_name, child in parent.named_children():
-            if not isinstance(child, Linear):
-                continue
-            child.input_group = None
-            kind = next((k for k, names in enumerate(SHARED_INPUT_NAMES) if child_name in names), None)
-            if type(child) is Linear and kind is not None:
-                groups.setdefault((kind, child.in_features), []).append(child)
-        for members in groups.values():
-            if len(members) > 1:
-                group = SharedInput(list(members))
-                for member in members:
-                    member.input_group = group
 
 
 def wrapper_for(module: nn.Module) -> type[LoraLayer] | None:
