@@ -31,6 +31,7 @@ from lorakit.data.tokenize import TokenizedExample, tokenize_dataset
 from lorakit.errors import LorakitError
 from lorakit.io import save_adapter
 from lorakit.models import BUILTIN_NAME, load_model
+from lorakit.train.attention import use_fp32_attention
 from lorakit.train.checkpoint import check_room, clean_temporary, list_checkpoints, load_checkpoint, save_checkpoint
 from lorakit.train.distributed import Processes, QuietLog, start
 from lorakit.train.loss import token_loss_sum
@@ -164,8 +165,11 @@ def prepare_for_training(model: torch.nn.Module, autocast: torch.dtype | None, c
     frozen parameter in bf16 (Linear weights, embeddings, norms: the whole model computes in bf16, as a model
     loaded in bf16 does) those casts disappear and the base takes half the memory. Trained parameters (the
     adapters), their gradients and the AdamW state stay fp32; buffers (rotary frequencies) stay as they are,
-    and the loss is summed in fp32.
+    and the loss is summed in fp32. On a CPU the attention itself runs in fp32, where PyTorch's kernel is faster
+    than in bf16 (lorakit.train.attention).
     """
+    if autocast is not None and next(model.parameters()).device.type == "cpu":
+        use_fp32_attention(model)
     if autocast is not None:
         for module in model.modules():
             for param in module.parameters(recurse=False):
