@@ -52,12 +52,21 @@ def _check_known(model: nn.Module, names: Sequence[str]) -> None:
             raise AdapterError(f"unknown adapter {name!r}; the model has: {listed}")
 
 
+def _check_name(name: str) -> None:
+    """Adapter names key ``nn.ModuleDict``s in every wrapped layer, so they must be valid keys there."""
+    if not isinstance(name, str) or not name or "." in name:
+        raise AdapterError(f"adapter name must be a non-empty string without '.', got {name!r}")
+    if hasattr(nn.ModuleDict(), name):
+        raise AdapterError(f"adapter name {name!r} clashes with an nn.Module attribute; pick another name")
+
+
 def add_adapter(model: nn.Module, config: AdapterConfig, name: str = "default") -> nn.Module:
     """Add adapter ``name`` to ``model`` in place and make it the active, only trainable part.
 
     A second call with another name adds beside the first; the newest adapter becomes the active one
     (``set_adapters`` activates several at once).
     """
+    _check_name(name)
     configs = adapter_configs(model)
     if name in configs:
         raise AdapterError(f"adapter {name!r} already exists; delete_adapter() it first or pick another name")

@@ -123,6 +123,13 @@ def test_duplicate_adapter_name_is_refused() -> None:
         lorakit.add_adapter(model, lorakit.LoraConfig(target_modules=["q_proj"]))
 
 
+@pytest.mark.parametrize("name", ["half", "to", "a.b", ""])
+def test_adapter_names_that_cannot_key_a_module_dict_are_refused(name: str) -> None:
+    # nn.ModuleDict("half") would shadow Module.half, and "." splits a state-dict key: both broke deep inside torch.
+    with pytest.raises(lorakit.AdapterError, match="adapter name"):
+        lorakit.add_adapter(tiny_llama(), lorakit.LoraConfig(target_modules=["q_proj"]), name=name)
+
+
 def test_safe_merge_refuses_non_finite() -> None:
     _, model = _adapted()
     with torch.no_grad():
