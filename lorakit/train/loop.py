@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -68,6 +69,17 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far, in MiB (None where the OS does not say): logged per step,
+    so that memory creeping up over a run (allocator fragmentation, a growing cache) shows in metrics.jsonl."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
 
 
 def output_path(config: TrainConfig) -> Path:
@@ -149,7 +161,7 @@ def mean_token_loss(
     was_training = model.training
     model.eval()
     total = count = 0.0
-    with torch.no_grad(), _autocast(autocast):
+    with torch.no_grad(), _autocast(autocast, next(model.parameters()).device):
         for batch in batches:
             total += float(loss_sum(batch) if loss_sum is not None else token_loss_sum(model, batch))
             count += int((batch["labels"][:, 1:] != -100).sum())
@@ -184,8 +196,9 @@ def prepare_for_training(model: torch.nn.Module, autocast: torch.dtype | None, c
         enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def _autocast(dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
-    return torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+def _autocast(dtype: torch.dtype | None, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Autocast on the device the model runs on (CPU or CUDA), or nothing for fp32."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def make_fully_trainable(model: torch.nn.Module) -> None:
@@ -286,7 +299,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         (n_labels,) = procs.sum(sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro))
         loss_sum = 0.0
         for k, batch in enumerate(micro):
-            with procs.accumulate(forward, sync=k == len(micro) - 1), _autocast(autocast):
+            with procs.accumulate(forward, sync=k == len(micro) - 1), _autocast(autocast, device):
                 loss = forward(batch)
             (loss / n_labels).backward()
             loss_sum += float(loss.detach())
@@ -308,7 +321,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         tokens_seen += step_tokens
         seconds = time.perf_counter() - step_start
         record = {"kind": "train", "step": step + 1, "loss": round(loss_value, 5), "lr": lr,
-                  "grad_norm": round(grad_norm, 4), "tokens": step_tokens, "seconds": round(seconds, 3)}  # fmt: skip
+                  "grad_norm": round(grad_norm, 4), "tokens": step_tokens, "seconds": round(seconds, 3),
+                  "peak_rss_mb": peak_rss_mb()}  # fmt: skip
         metrics.write(record)
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{step_tokens / seconds:.0f}")
         bar.update(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import resource
 from pathlib import Path
 
 import peft
@@ -23,6 +24,9 @@ def test_short_training_run_on_the_builtin_model(smollm2, tmp_path: Path) -> Non
     records = [json.loads(line) for line in (result.output / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(r["loss"] > 0 for r in records)
+    peaks = [r["peak_rss_mb"] for r in records]  # the high-water mark so far: never falls, never above the end's
+    assert peaks == sorted(peaks) and peaks[0] > 0
+    assert peaks[-1] <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + 0.05  # logged to 0.1 MiB
     config = json.loads((result.output / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "smollm2-135m-instruct" and config["r"] == 16
 

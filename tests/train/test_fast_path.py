@@ -4,6 +4,7 @@ fp32 path, and activation checkpointing against none."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -57,3 +58,13 @@ def test_gradient_checkpointing_gives_the_same_losses(
         tiny_model_dir, small_chat_data, tmp_path / "ckpt", precision="fp32", max_steps=5, gradient_checkpointing=True
     )
     torch.testing.assert_close(torch.tensor(checkpointed), torch.tensor(plain), rtol=1e-4, atol=1e-4)
+
+
+def test_autocast_follows_the_models_device() -> None:
+    # A GPU run must autocast on "cuda": a CPU-only autocast there would leave every matmul in fp32.
+    for kind in ("cpu", "cuda"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "CUDA is not available" on CPU-only machines
+            context = loop._autocast(torch.bfloat16, torch.device(kind))
+        assert isinstance(context, torch.autocast) and context.device == kind
+    assert not isinstance(loop._autocast(None, torch.device("cuda")), torch.autocast)
