@@ -25,7 +25,7 @@ import torch
 
 CONFIGS: dict[str, tuple[str | None, str | None]] = {
     # name: (load_model dtype, quantize)
-    "LoRA, fp32 base (lorakit train default)": ("float32", None),
+    "LoRA, fp32 base": ("float32", None),
     "LoRA, bf16 base": ("bfloat16", None),
     "QLoRA, int8 base (--bits 8)": ("bfloat16", "int8"),
     "QLoRA, NF4 base (--bits 4)": ("bfloat16", "nf4"),
