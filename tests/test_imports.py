@@ -15,10 +15,11 @@ LEVELS = {
     "demo": 8, "cli": 9, "__main__": 10, "__init__": 10,
     "dora": 2, "ia3": 2, "inits": 2, "combine": 4,  # adapter methods beside layers.py and adapters.py
     "combine_folders": 7,  # lorakit combine: loads a model (models) and adapter files (io)
+    "memory": 0,  # peak RSS and malloc_trim: the standard library only
 }  # fmt: skip
 TRANSFORMERS_FREE = {
     "errors", "config", "train_config", "layers", "lora_fn", "targeting", "adapters", "io", "dora", "ia3", "inits",
-    "combine", "mixed",
+    "combine", "mixed", "memory",
 }  # fmt: skip
 
 

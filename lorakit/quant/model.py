@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-
 import torch
 from torch import nn
 
+from lorakit.memory import return_free_memory
 from lorakit.quant.backends import can_quantize, quantize_weight
 from lorakit.quant.linear import SCHEMES, QuantLinear, Scheme, dequantize
 
@@ -44,15 +42,8 @@ def quantize_model(model: nn.Module, scheme: Scheme) -> list[str]:
         linear: nn.Linear = model.get_submodule(name)  # type: ignore[assignment]
         _set_submodule(model, name, QuantLinear(quantize_weight(linear.weight, scheme), linear.bias, scheme))
         del linear  # the float weight is freed as soon as the last reference goes
-    _return_free_memory()
+    return_free_memory()  # the freed float weights: else the training step's peak sits on top of them
     return names
-
-
-def _return_free_memory() -> None:
-    """Hand the freed float weights and quantisation temporaries back to the OS (glibc keeps freed heap pages
-    resident, and a training step's peak then sits on top of them); a no-op where there is no glibc."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def quantized_modules(model: nn.Module) -> dict[str, QuantLinear]:

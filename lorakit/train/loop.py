@@ -13,7 +13,6 @@ import dataclasses
 import json
 import math
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +30,7 @@ from lorakit.data.jsonl import read_jsonl
 from lorakit.data.tokenize import TokenizedExample, tokenize_dataset
 from lorakit.errors import LorakitError
 from lorakit.io import save_adapter
+from lorakit.memory import peak_rss_mb
 from lorakit.models import BUILTIN_NAME, load_model
 from lorakit.train.attention import use_fp32_attention
 from lorakit.train.checkpoint import check_room, clean_temporary, list_checkpoints, load_checkpoint, save_checkpoint
@@ -69,17 +69,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-
-
-def peak_rss_mb() -> float | None:
-    """This process's peak resident memory so far, in MiB (None where the OS does not say): logged per step,
-    so that memory creeping up over a run (allocator fragmentation, a growing cache) shows in metrics.jsonl."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
 
 
 def output_path(config: TrainConfig) -> Path:
