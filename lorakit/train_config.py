@@ -52,7 +52,7 @@ class TrainConfig:
     """true, gaussian, pissa, pissa_niter_K or olora (the last three save a plain adapter for the original base)."""
     target_modules: str = "all-linear"
     """Comma-separated module names, one regex, or all-linear."""
-    max_steps: int = 120
+    max_steps: int = 240
     """Optimiser steps; 0 means use ``epochs``."""
     epochs: float = 1.0
     """Passes over the data when ``max_steps`` is 0."""
