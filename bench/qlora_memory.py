@@ -16,10 +16,12 @@ import argparse
 import json
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -94,24 +96,37 @@ def child(name: str, batch_size: int, steps: int) -> dict[str, object]:
     }  # fmt: skip
 
 
+def _median_run(name: str, got: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row per config: the median of each measured number over the repeats (and every run's peaks)."""
+    merged: dict[str, Any] = {"name": name, "runs": len(got)}
+    for key, value in got[0].items():
+        if isinstance(value, (int, float)) and all(isinstance(r[key], (int, float)) for r in got):
+            merged[key] = statistics.median(r[key] for r in got)
+    merged["step_peaks_mib"] = [round(r["step_peak_mib"]) for r in got if r["step_peak_mib"] is not None]
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per config (medians are reported)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.batch_size, args.steps)))
         return
-    results = []
-    for name in CONFIGS:
-        command = [sys.executable, "-m", "bench.qlora_memory", "--child", name,
-                   "--batch-size", str(args.batch_size), "--steps", str(args.steps)]  # fmt: skip
-        proc = subprocess.run(command, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"done: {name}", file=sys.stderr)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONFIGS}
+    for _ in range(args.repeats):  # configs alternate; the peak of one run swings by +-25% with glibc's heap
+        for name in CONFIGS:
+            argv = [sys.executable, "-m", "bench.qlora_memory", "--child", name,
+                       "--batch-size", str(args.batch_size), "--steps", str(args.steps)]  # fmt: skip
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
+            runs[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f"done: {name}", file=sys.stderr)
+    results = [_median_run(name, got) for name, got in runs.items()]
     bf16 = next(r for r in results if r["name"] == "LoRA, bf16 base")
     columns = ["config", "linear weights MiB", "x bf16 bytes", "peak RSS MiB (ru_maxrss)", "x LoRA-bf16",
                "step peak RSS MiB", "s/step (noisy)"]  # fmt: skip
@@ -123,14 +138,17 @@ def main() -> None:
             round(r["ru_maxrss_mib"]), round(r["ru_maxrss_mib"] / bf16["ru_maxrss_mib"], 3),
             None if step_peak is None else round(step_peak), round(r["step_seconds"], 2),
         ])  # fmt: skip
-    command = f"python -m bench.qlora_memory --batch-size {args.batch_size} --steps {args.steps}"
+    command = (
+        f"python -m bench.qlora_memory --batch-size {args.batch_size} --steps {args.steps} --repeats {args.repeats}"
+    )
     notes = (
-        f"SmolLM2-135M-Instruct, LoRA r=16 on all 210 Linear layers, one batch of {args.batch_size} built-in contacts "
-        f"examples, {args.steps} training steps (forward, backward, AdamW) under bf16 autocast, each config in its "
-        "own process. 'linear weights' = the bytes of the weights LoRA wraps (NF4: 4-bit codes + int8 block scales "
-        "+ float scale factors); the output head and embeddings are never quantised. ru_maxrss includes loading; "
-        "'step peak' is the high-water mark during the steps alone (VmHWM after /proc/self/clear_refs). Times were "
-        "measured on a machine shared with other jobs: read them as rough ratios only."
+        f"SmolLM2-135M-Instruct, LoRA r=16 on all 210 Linear layers, one batch of {args.batch_size} built-in "
+        f"contacts examples, {args.steps} training steps (forward, backward, AdamW) under bf16 autocast, each config "
+        f"in its own process, {args.repeats} runs per config alternating, medians (one run's step peak swings by "
+        "about +-25% with glibc's heap; the raw section lists every run's). 'linear weights' = the bytes of the "
+        "weights LoRA wraps (NF4: 4-bit codes + int8 block scales + float scale factors); the output head and "
+        "embeddings are never quantised. ru_maxrss includes loading; 'step peak' is the high-water mark during the "
+        "steps alone (VmHWM after /proc/self/clear_refs). Times: rough ratios only."
     )
     payload = {"name": "qlora", "title": "QLoRA memory (SmolLM2-135M)", "command": command,
                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
