@@ -17,17 +17,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import lorakit
 from lorakit.cli import main
 from lorakit.config import LoraConfig
+from tests.tiny import cli_error_line
 
 GOOD = '{"prompt": "Name?", "completion": "Ada"}\n'
-
-
-def _error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lorakit: error: "), err
-    return lines[0]
 
 
 def _files_under(folder: Path) -> set[str]:
@@ -53,7 +45,7 @@ def test_bad_data_file(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[
     data = tmp_path / "data.jsonl"
     data.write_bytes(content)
     out = tmp_path / "run"
-    line = _error_line(capsys, ["train", "--data", str(data), "--output", str(out)])
+    line = cli_error_line(capsys, ["train", "--data", str(data), "--output", str(out)])
     assert where in line
     assert not out.exists(), _files_under(out)
 
@@ -65,7 +57,7 @@ def test_every_example_longer_than_seq_len(
     data.write_text(json.dumps({"prompt": "word " * 50, "completion": "Ada"}) + "\n", encoding="utf-8")
     out = tmp_path / "run"
     argv = ["train", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(out), "--seq-len", "8"]
-    line = _error_line(capsys, argv)
+    line = cli_error_line(capsys, argv)
     assert "long.jsonl" in line and "--seq-len" in line
     assert not out.exists(), _files_under(out)
 
@@ -85,7 +77,7 @@ def test_every_example_longer_than_seq_len(
     ids=["unknown flag", "wrong type", "out of range", "dropout range", "bad choice", "eval limit", "generate"],
 )
 def test_bad_flags(argv: list[str], fragments: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    line = _error_line(capsys, argv)
+    line = cli_error_line(capsys, argv)
     for fragment in fragments:
         assert fragment in line
 
@@ -94,7 +86,7 @@ def test_unknown_config_key_suggests_the_closest(tmp_path: Path, capsys: pytest.
     config = tmp_path / "run.yaml"
     config.write_text("lora_alfa: 8\n", encoding="utf-8")
     out = tmp_path / "run"
-    line = _error_line(capsys, ["train", "--config", str(config), "--output", str(out)])
+    line = cli_error_line(capsys, ["train", "--config", str(config), "--output", str(out)])
     assert "run.yaml" in line and "lora_alfa" in line and ("lora-alpha" in line or "lora_alpha" in line)
     assert not out.exists()
 
@@ -102,7 +94,7 @@ def test_unknown_config_key_suggests_the_closest(tmp_path: Path, capsys: pytest.
 def test_config_value_of_the_wrong_type(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "run.yaml"
     config.write_text("batch_size: many\n", encoding="utf-8")
-    line = _error_line(capsys, ["train", "--config", str(config), "--output", str(tmp_path / "run")])
+    line = cli_error_line(capsys, ["train", "--config", str(config), "--output", str(tmp_path / "run")])
     assert "batch" in line
     assert not (tmp_path / "run").exists()
 
@@ -181,7 +173,7 @@ def test_bad_adapter(
     argv = [command, "--model", str(tiny_model_dir), "--adapter", str(adapter), "--output", str(out)]
     if command == "eval":
         argv += ["--task", "loss", "--data", str(small_chat_data)]
-    line = _error_line(capsys, argv)
+    line = cli_error_line(capsys, argv)
     for fragment in fragments:
         assert fragment in line
     assert not out.exists()
@@ -190,7 +182,7 @@ def test_bad_adapter(
 
 def test_missing_model_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["generate", "--prompt", "hi"], ["merge", "--adapter", str(tmp_path), "--output", "x"]):
-        line = _error_line(capsys, [*argv, "--model", str(tmp_path / "no-model")])
+        line = cli_error_line(capsys, [*argv, "--model", str(tmp_path / "no-model")])
         assert "no-model" in line
     assert not Path("x").exists()
 
@@ -203,7 +195,7 @@ def test_a_finished_run_is_not_overwritten(
     assert main([*common, "--max-steps", "1", "--batch-size", "2", "--precision", "fp32"]) == 0
     capsys.readouterr()
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
-    line = _error_line(capsys, [*common, "--max-steps", "2"])
+    line = cli_error_line(capsys, [*common, "--max-steps", "2"])
     assert str(out) in line and "--overwrite" in line
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
@@ -218,7 +210,7 @@ def test_remote_code_needs_the_flag(tiny_model_dir: Path, tmp_path: Path, capsys
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "custom.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
     for argv in (["generate", "--prompt", "hi"], ["serve"]):
-        line = _error_line(capsys, [*argv, "--model", str(folder)])
+        line = cli_error_line(capsys, [*argv, "--model", str(folder)])
         assert "custom-model" in line and "--trust-remote-code" in line
     assert not marker.exists()
     with pytest.raises(Exception):  # noqa: B017 - with the flag the code runs (and, being no model, fails)

@@ -13,7 +13,7 @@ from transformers import LlamaForCausalLM
 
 import lorakit
 from lorakit.cli import main
-from tests.tiny import logits_of, token_ids
+from tests.tiny import cli_error_line, logits_of, token_ids
 
 FIRST = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
 SECOND = {"r": 4, "lora_alpha": 4, "target_modules": ["v_proj", "down_proj"]}
@@ -94,15 +94,6 @@ def test_one_adapter_is_rescaled_and_overwrite_replaces(
                  "--max-new-tokens", "2"]) == 0  # fmt: skip
 
 
-def _error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lorakit: error: "), err
-    return lines[0]
-
-
 def _lorakit_adapter(folder: Path, config: lorakit.LoraConfig | lorakit.IA3Config, model_dir: Path) -> Path:
     lorakit.save_adapter(lorakit.add_adapter(_base(model_dir), config), folder)
     return folder
@@ -157,7 +148,7 @@ def test_user_errors_are_one_line(
     argv = ["combine", "--model", str(tiny_model_dir), "--output", str(out), *extra]
     for key in keys:
         argv += ["--adapter", str(folders[key])]
-    line = _error_line(capsys, argv)
+    line = cli_error_line(capsys, argv)
     for fragment in fragments:
         assert fragment in line, line
     assert not (out / "adapter_config.json").exists()
@@ -171,6 +162,6 @@ def test_output_that_holds_an_adapter_is_refused(
     (out / "adapter_model.safetensors").write_bytes(b"mine")
     argv = ["combine", "--adapter", str(peft_adapters[0]), "--adapter", str(peft_adapters[1]), "--weights", "1,1",
             "--output", str(out)]  # fmt: skip
-    line = _error_line(capsys, argv)  # refused before the (built-in, default) model is loaded
+    line = cli_error_line(capsys, argv)  # refused before the (built-in, default) model is loaded
     assert str(out) in line and "--overwrite" in line
     assert (out / "adapter_model.safetensors").read_bytes() == b"mine"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -63,3 +64,15 @@ def token_ids() -> torch.Tensor:
 def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(x).logits
+
+
+def cli_error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Runs ``lorakit argv`` in-process and returns its one error line, checking exit code 2 and no traceback."""
+    from lorakit.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lorakit: error: "), err
+    return lines[0]
