@@ -40,12 +40,13 @@ def _a_b(layer: LoraLayer, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return weight_of(layer.lora_A[name]), weight_of(layer.lora_B[name])
 
 
-def _max_rank(config: LoraConfig) -> int:
+def max_rank(config: LoraConfig) -> int:
+    """The largest rank any layer of the adapter has (``r`` or a ``rank_pattern`` entry)."""
     return max(config.r, *config.rank_pattern.values()) if config.rank_pattern else config.r
 
 
 def _combined_config(configs: list[LoraConfig], method: CombineMethod, rank: int | None) -> LoraConfig:
-    ranks = [_max_rank(c) for c in configs]
+    ranks = [max_rank(c) for c in configs]
     if method == "linear":
         if len(set(ranks)) != 1:
             raise AdapterError(f"method='linear' needs adapters of one rank, got ranks {ranks}; use 'cat' or 'svd'")

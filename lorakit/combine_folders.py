@@ -13,7 +13,7 @@ from pathlib import Path
 
 import lorakit
 from lorakit.adapters import adapter_configs
-from lorakit.combine import CombineMethod
+from lorakit.combine import CombineMethod, max_rank
 from lorakit.config import IA3Config, LoraConfig
 from lorakit.errors import LorakitError
 from lorakit.io import CONFIG_NAME, WEIGHTS_NAME, find_adapter_folder, read_adapter_config
@@ -47,11 +47,9 @@ def parse_weights(text: str) -> list[float]:
 def _check_combinable(folders: list[Path], method: CombineMethod) -> None:
     """Refuse adapters ``combine_adapters`` cannot combine, naming the folder (not an internal adapter name)."""
     configs = [read_adapter_config(f) for f in folders]
-    kinds = {"IA3" if isinstance(c, IA3Config) else "LoRA" for c in configs}
-    if len(kinds) > 1:
-        listed = ", ".join(
-            f"{f} ({'IA3' if isinstance(c, IA3Config) else 'LoRA'})" for f, c in zip(folders, configs, strict=True)
-        )
+    kinds = ["IA3" if isinstance(c, IA3Config) else "LoRA" for c in configs]
+    if len(set(kinds)) > 1:
+        listed = ", ".join(f"{f} ({kind})" for f, kind in zip(folders, kinds, strict=True))
         raise LorakitError(f"--adapter: cannot combine adapters of different kinds: {listed}")
     for folder, config in zip(folders, configs, strict=True):
         if isinstance(config, IA3Config):
@@ -71,7 +69,7 @@ def _check_combinable(folders: list[Path], method: CombineMethod) -> None:
                 f"{folder}: has modules_to_save {list(config.modules_to_save)}; lorakit combine combines the "
                 "low-rank weights of plain LoRA adapters only"
             )
-    ranks = [max([c.r, *c.rank_pattern.values()]) for c in configs if isinstance(c, LoraConfig)]
+    ranks = [max_rank(c) for c in configs if isinstance(c, LoraConfig)]  # all are, after the loop above
     if method == "linear" and len(set(ranks)) > 1:
         listed = ", ".join(f"r={r} ({f})" for f, r in zip(folders, ranks, strict=True))
         raise LorakitError(f"--method linear needs adapters of one rank, got {listed}; use --method cat or svd")
