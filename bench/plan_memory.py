@@ -79,7 +79,10 @@ def largest_batch() -> tuple[int, int, int]:
 
     tokenizer = AutoTokenizer.from_pretrained(builtin_model_dir())
     examples, _ = tokenize_dataset(tokenizer, read_dataset(None)[1], config.seq_len)
-    batches = MicroBatches(examples, config.batch_size, config.seed, tokenizer.pad_token_id or tokenizer.eos_token_id)
+    pad_id = tokenizer.pad_token_id or tokenizer.eos_token_id
+    batches = MicroBatches(
+        examples, config.batch_size, config.seed, pad_id, pad_to_multiple_of=config.pad_to_multiple_of
+    )
     shapes = [
         (b["input_ids"].shape, int((b["labels"][:, 1:] != -100).sum())) for b in (batches[m] for m in range(STEPS))
     ]

@@ -74,6 +74,8 @@ class TrainConfig:
     """Gradient clipping (0 = off)."""
     seq_len: int = 384
     """Longest example in tokens; longer ones are truncated (skipped if nothing to learn is left)."""
+    pad_to_multiple_of: int = 8
+    """Pad each batch's length up to a multiple of this: shapes repeat, so the run's memory stays flat (1 = off)."""
     seed: int = 0
     """Seed for adapter init, data order and dropout."""
     precision: Precision = "auto"
@@ -94,7 +96,7 @@ class TrainConfig:
     """Under torchrun: shard the frozen base across processes with FSDP2 (default: DDP; no effect in 1 process)."""
 
     def __post_init__(self) -> None:
-        positive = ("r", "batch_size", "grad_accum", "seq_len")
+        positive = ("r", "batch_size", "grad_accum", "seq_len", "pad_to_multiple_of")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

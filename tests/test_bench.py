@@ -40,3 +40,14 @@ def test_report_renders_other_results_files_and_rejects_malformed_ones(tmp_path:
     (tmp_path / "bad.json").write_text(json.dumps({**other, "rows": [["only one cell"]]}))
     with pytest.raises(ValueError, match="bad.json"):
         report.load(tmp_path)
+
+
+def test_rss_creep_bench_trains_through_the_cli_and_writes_its_table(tmp_path: Path) -> None:
+    from bench import rss_creep
+
+    rss_creep.main(["--quick", "--steps", "2", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "rss_creep.json").read_text())
+    assert set(data) == KEYS
+    assert [row[0] for row in data["rows"]] == ["off (every batch its own length)", "--pad-to-multiple-of 8"]
+    column = dict(zip(data["columns"], zip(*data["rows"], strict=True), strict=True))
+    assert all(p > 0 for p in column["peak RSS MiB after step 2"]) and all(t > 0 for t in column["tokens/s"])

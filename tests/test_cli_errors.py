@@ -69,12 +69,22 @@ def test_every_example_longer_than_seq_len(
         (["train", "--lora-alfa", "8"], ["--lora-alfa", "--lora-alpha"]),
         (["train", "--r", "eight"], ["--r"]),
         (["train", "--r", "0"], ["--r", "positive"]),
+        (["train", "--pad-to-multiple-of", "0"], ["--pad-to-multiple-of", "positive"]),
         (["train", "--lora-dropout", "1.5"], ["--lora-dropout"]),
         (["train", "--precision", "fp8"], ["--precision"]),
         (["eval", "--limit", "-3"], ["--limit"]),
         (["generate", "--prompt", "hi", "--max-new-tokens", "x"], ["--max-new-tokens"]),
     ],
-    ids=["unknown flag", "wrong type", "out of range", "dropout range", "bad choice", "eval limit", "generate"],
+    ids=[
+        "unknown flag",
+        "wrong type",
+        "out of range",
+        "pad multiple",
+        "dropout range",
+        "bad choice",
+        "eval limit",
+        "generate",
+    ],
 )
 def test_bad_flags(argv: list[str], fragments: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     line = cli_error_line(capsys, argv)

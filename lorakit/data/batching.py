@@ -44,6 +44,11 @@ def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) 
     return batches
 
 
+def padded_width(width: int, multiple: int | None) -> int:
+    """``width`` rounded up to a multiple of ``multiple`` (unchanged for None or 1)."""
+    return width if multiple is None else -(-width // multiple) * multiple
+
+
 def collate(
     examples: Sequence[TokenizedExample], pad_id: int, pad_to_multiple_of: int | None = None
 ) -> dict[str, torch.Tensor]:
@@ -57,9 +62,7 @@ def collate(
         raise ValueError("cannot collate an empty batch")
     if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
         raise ValueError(f"pad_to_multiple_of must be at least 1, got {pad_to_multiple_of}")
-    width = max(len(example.input_ids) for example in examples)
-    if pad_to_multiple_of is not None:
-        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    width = padded_width(max(len(example.input_ids) for example in examples), pad_to_multiple_of)
     batch = len(examples)
     input_ids = torch.full((batch, width), pad_id, dtype=torch.long)  # (B, T)
     attention_mask = torch.zeros((batch, width), dtype=torch.long)  # (B, T)
@@ -74,7 +77,9 @@ def collate(
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def padding_waste(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
+def padding_waste(
+    lengths: Sequence[int], batches: Sequence[Sequence[int]], pad_to_multiple_of: int | None = None
+) -> float:
     """Fraction of positions in the padded batches that are padding (0.0 for no batches)."""
     total = 0
     padded = 0
@@ -82,7 +87,7 @@ def padding_waste(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> f
         if not batch:
             continue
         batch_lengths = [lengths[i] for i in batch]
-        width = max(batch_lengths)
+        width = padded_width(max(batch_lengths), pad_to_multiple_of)
         total += width * len(batch)
         padded += width * len(batch) - sum(batch_lengths)
     return padded / total if total else 0.0

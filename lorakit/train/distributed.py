@@ -93,7 +93,9 @@ class Processes:
         lo, hi = len(rows) * self.rank // self.world, len(rows) * (self.rank + 1) // self.world
         return rows[lo:hi]
 
-    def batch(self, examples: list[TokenizedExample], rows: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    def batch(
+        self, examples: list[TokenizedExample], rows: list[int], pad_id: int, pad_to_multiple_of: int = 1
+    ) -> dict[str, torch.Tensor]:
         """This rank's slice of the global batch ``rows``, collated.
 
         A short last batch of an epoch may leave a rank nothing: it then runs one row with every label masked
@@ -101,9 +103,9 @@ class Processes:
         """
         mine = self.part(rows)
         if not mine:
-            batch = collate([examples[rows[0]]], pad_id)
+            batch = collate([examples[rows[0]]], pad_id, pad_to_multiple_of)
             return {**batch, "labels": torch.full_like(batch["labels"], IGNORE_INDEX)}
-        return collate([examples[i] for i in mine], pad_id)
+        return collate([examples[i] for i in mine], pad_id, pad_to_multiple_of)
 
     def sum(self, *values: float) -> list[float]:
         """Element-wise sum over ranks (float64, so token counts stay exact)."""

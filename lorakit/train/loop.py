@@ -117,9 +117,16 @@ class MicroBatches:
     """Micro-batch ``m`` of the whole run, derived from (seed, epoch): no iterator state to save or restore."""
 
     def __init__(
-        self, examples: list[TokenizedExample], batch_size: int, seed: int, pad_id: int, procs: Processes | None = None
+        self,
+        examples: list[TokenizedExample],
+        batch_size: int,
+        seed: int,
+        pad_id: int,
+        procs: Processes | None = None,
+        pad_to_multiple_of: int = 1,
     ) -> None:
         self.examples, self.batch_size, self.seed, self.pad_id = examples, batch_size, seed, pad_id
+        self.pad_to_multiple_of = pad_to_multiple_of
         self.procs = procs or Processes()  # under torchrun: batch_size is the global batch, [m] this rank's slice
         self.lengths = [len(e.input_ids) for e in examples]
         self.per_epoch = len(batch_order(self.lengths, batch_size, seed, 0))
@@ -132,7 +139,7 @@ class MicroBatches:
 
     def __getitem__(self, m: int) -> dict[str, torch.Tensor]:
         epoch, index = divmod(m, self.per_epoch)
-        return self.procs.batch(self.examples, self.order(epoch)[index], self.pad_id)
+        return self.procs.batch(self.examples, self.order(epoch)[index], self.pad_id, self.pad_to_multiple_of)
 
 
 def _log(message: str) -> None:
@@ -224,8 +231,12 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         eval_batches = [
             collate(eval_examples[i : i + 16], tokenizer.pad_token_id) for i in range(0, len(eval_examples), 16)
         ]
-    batches = MicroBatches(examples, config.batch_size * procs.world, config.seed, tokenizer.pad_token_id, procs)
-    waste = padding_waste(batches.lengths, batches.order(0))
+    # Batch lengths rounded up to --pad-to-multiple-of: with every length new, oneDNN cached kernels per shape and
+    # glibc's heap fragmented around them, and the demo's peak RSS crept 2.1 -> 4.4 GB over 240 steps.
+    batches = MicroBatches(
+        examples, config.batch_size * procs.world, config.seed, tokenizer.pad_token_id, procs, config.pad_to_multiple_of
+    )
+    waste = padding_waste(batches.lengths, batches.order(0), config.pad_to_multiple_of)
 
     # ---- adapter (or the whole model), optimiser, schedule
     torch.manual_seed(config.seed)

@@ -19,6 +19,8 @@ from torch import nn
 IGNORE_INDEX = -100
 MIN_SHARED_PREFIX = 8  # below this, a separate prefix pass costs more than it saves
 HEAD_CHUNK = 256  # label positions per head chunk: 256 x 49,152 fp32 logits are 50 MB (not 201 MB per 4 x 256 batch)
+HEAD_ROWS_MULTIPLE = 64  # the last chunk is padded to a multiple of this: a handful of shapes over a run, not one per
+# label count (oneDNN caches kernels per shape and the heap fragments around them; see lorakit.memory)
 
 
 def _backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
@@ -73,7 +75,8 @@ def _suffix_hidden(backbone: nn.Module, batch: dict[str, torch.Tensor], prefix: 
 
 
 def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], share_prefix: bool = True) -> torch.Tensor:
-    """Sum over label tokens of the next-token cross-entropy (float32); divide by the token count yourself.
+    """Sum over label tokens of the next-token cross-entropy (float32, float64 for float64 models); divide by the
+    token count yourself.
 
     ``labels`` (B, T) are aligned with ``input_ids``: position t's label is the token at t, predicted from t-1.
     With ``share_prefix``, a label-free prefix common to all rows (the system prompt of a chat dataset) is run
@@ -111,41 +114,53 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
     ``dL/dz = softmax(z) - onehot(t)``, so ``dL/dh = (softmax(z) - onehot(t)) W``. The forward computes both per
     chunk and keeps only dL/dh (N, H): the (N, V) fp32 logits never exist for more than ``chunk`` rows at a
     time, and the backward is a multiplication by the incoming scalar gradient. The head's weight is frozen.
+    A short last chunk runs padded with zero rows up to a multiple of ``rows_multiple`` (at most ``chunk``);
+    their losses are dropped and their dL/dz zeroed, so they change nothing but the matrix shapes.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-        dtype: torch.dtype, chunk: int,
+        dtype: torch.dtype, chunk: int, rows_multiple: int,
     ) -> torch.Tensor:  # fmt: skip
         need_grad = ctx.needs_input_grad[0]
         grad_hidden = torch.empty_like(hidden) if need_grad else None  # (N, H)
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        total = torch.zeros((), dtype=torch.promote_types(dtype, torch.float32), device=hidden.device)
         w = weight.to(dtype)  # (V, H): a no-op when the head is stored in the compute dtype
+        logits_dtype = torch.promote_types(dtype, torch.float32)  # fp32 logits for bf16, float64 for float64
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, hidden.shape[0], chunk):
                 h = hidden[start : start + chunk].to(dtype)  # (n, H)
                 t = targets[start : start + chunk]  # (n,)
-                z = (h @ w.T).float()  # (n, V) fp32
+                n = len(t)
+                rows = min(-(-n // rows_multiple) * rows_multiple, chunk)
+                if rows > n:
+                    h = F.pad(h, (0, 0, 0, rows - n))  # (rows, H): zero rows after the n real ones
+                z = (h @ w.T).to(logits_dtype)  # (rows, V)
                 if bias is not None:
-                    z += bias.float()
-                lse = torch.logsumexp(z, dim=-1)  # (n,)
-                total += (lse - z.gather(1, t[:, None]).squeeze(1)).sum()
+                    z += bias.to(logits_dtype)
+                lse = torch.logsumexp(z, dim=-1)  # (rows,)
+                total += (lse[:n] - z[:n].gather(1, t[:, None]).squeeze(1)).sum()
                 if grad_hidden is not None:
-                    probs = z.sub_(lse[:, None]).exp_()  # (n, V) softmax, in place of the logits
-                    probs[torch.arange(len(t), device=t.device), t] -= 1
-                    grad_hidden[start : start + chunk] = (probs.to(dtype) @ w).to(hidden.dtype)  # (n, H)
+                    probs = z.sub_(lse[:, None]).exp_()  # (rows, V) softmax, in place of the logits
+                    probs[n:] = 0  # padding rows pass no gradient
+                    probs[torch.arange(n, device=t.device), t] -= 1
+                    grad_hidden[start : start + chunk] = (probs.to(dtype) @ w)[:n].to(hidden.dtype)  # (n, H)
         ctx.save_for_backward(grad_hidden)
         return total
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         (grad_hidden,) = ctx.saved_tensors
-        return grad_hidden * grad.to(grad_hidden.dtype), None, None, None, None, None
+        return grad_hidden * grad.to(grad_hidden.dtype), None, None, None, None, None, None
 
 
 def head_cross_entropy_sum(
-    head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = HEAD_CHUNK
+    head: nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    chunk: int = HEAD_CHUNK,
+    rows_multiple: int = HEAD_ROWS_MULTIPLE,
 ) -> torch.Tensor:
     """``cross_entropy(head(hidden).float(), targets, reduction="sum")`` for hidden (N, H), targets (N,).
 
@@ -159,4 +174,6 @@ def head_cross_entropy_sum(
     device_type = hidden.device.type
     autocast = torch.is_autocast_enabled(device_type) and weight.dtype in (torch.float32, torch.bfloat16)
     dtype = torch.get_autocast_dtype(device_type) if autocast else torch.promote_types(hidden.dtype, weight.dtype)
-    return _ChunkedHeadCrossEntropy.apply(hidden, weight, bias, targets, dtype, chunk)  # type: ignore[no-any-return]
+    return _ChunkedHeadCrossEntropy.apply(  # type: ignore[no-any-return]
+        hidden, weight, bias, targets, dtype, chunk, rows_multiple
+    )

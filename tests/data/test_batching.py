@@ -74,6 +74,8 @@ def test_padding_waste_values() -> None:
     assert padding_waste([4, 2, 2, 1], [[0, 1], [2, 3]]) == pytest.approx((2 + 1) / (8 + 4))
     assert padding_waste([3, 3], [[0, 1]]) == 0.0
     assert padding_waste([], []) == 0.0
+    # widths 4 and 2 rounded up to 4: 8 + 8 positions hold 6 + 3 tokens
+    assert padding_waste([4, 2, 2, 1], [[0, 1], [2, 3]], pad_to_multiple_of=4) == pytest.approx(7 / 16)
 
 
 def test_collate_pads_right_with_pad_id_and_ignored_labels() -> None:

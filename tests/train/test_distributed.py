@@ -141,6 +141,8 @@ def test_rank_slices_cover_a_global_batch_once(rows: int) -> None:
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
     for k, part in enumerate(parts):
         batch = Processes(rank=k, world=3).batch(examples, order, pad_id=0)
+        assert batch["input_ids"].shape[1] == 3
+        assert Processes(rank=k, world=3).batch(examples, order, 0, pad_to_multiple_of=8)["input_ids"].shape[1] == 8
         if part:
             assert batch["input_ids"][:, 2].tolist() == [7 + i for i in part]
         else:  # nothing left for this rank: one row that joins the all-reduce with no label to learn

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 import lorakit
@@ -19,14 +20,20 @@ def _batch(model_dir: Path, data: Path, n: int = 4) -> tuple[torch.nn.Module, di
     return model, collate(examples, tokenizer.pad_token_id)
 
 
-def test_loss_equals_transformers_loss(tiny_model_dir: Path, small_chat_data: Path) -> None:
+@pytest.mark.parametrize("pad_to_multiple_of", [None, 64])
+def test_loss_equals_transformers_loss(
+    tiny_model_dir: Path, small_chat_data: Path, pad_to_multiple_of: int | None
+) -> None:
     model, batch = _batch(tiny_model_dir, small_chat_data)
+    examples, _ = tokenize_dataset(lorakit.load_model(str(tiny_model_dir))[1], read_jsonl(small_chat_data)[:4], 256)
+    padded = collate(examples, 0, pad_to_multiple_of)  # pad id 0, unlike the reference batch's
+    assert padded["input_ids"].shape[1] % (pad_to_multiple_of or 1) == 0
     n = int((batch["labels"][:, 1:] != -100).sum())
     with torch.no_grad():
         reference = model(**batch).loss  # transformers shifts the labels and averages over label tokens
         for share in (False, True):
             torch.testing.assert_close(
-                token_loss_sum(model, batch, share_prefix=share) / n, reference, atol=1e-5, rtol=1e-5
+                token_loss_sum(model, padded, share_prefix=share) / n, reference, atol=1e-5, rtol=1e-5
             )
 
 
@@ -58,7 +65,15 @@ def test_no_shared_prefix_for_different_prompts() -> None:
     assert shared_prefix_length(batch) == 11
 
 
-def test_chunked_head_cross_entropy_matches_full_cross_entropy_float64() -> None:
+@pytest.mark.parametrize(
+    ("chunk", "rows_multiple"),
+    [
+        (3, 1),  # chunks of 3, 3, 3, 1 rows, none padded
+        (3, 64),  # the last chunk's 1 row padded to 3 (never beyond one chunk)
+        (4, 3),  # chunks of 4, 4, 2 rows; the 2 padded to 3
+    ],
+)
+def test_chunked_head_cross_entropy_matches_full_cross_entropy_float64(chunk: int, rows_multiple: int) -> None:
     from lorakit.train.loss import head_cross_entropy_sum
 
     gen = torch.Generator().manual_seed(0)
@@ -66,9 +81,10 @@ def test_chunked_head_cross_entropy_matches_full_cross_entropy_float64() -> None
     hidden = torch.randn(10, 6, dtype=torch.float64, generator=gen, requires_grad=True)
     targets = torch.randint(0, 11, (10,), generator=gen)
     hidden2 = hidden.detach().clone().requires_grad_()
-    loss = head_cross_entropy_sum(head, hidden, targets, chunk=3)  # chunks of 3, 3, 3, 1 rows
+    loss = head_cross_entropy_sum(head, hidden, targets, chunk=chunk, rows_multiple=rows_multiple)
     reference = torch.nn.functional.cross_entropy(hidden2 @ head.weight.T + head.bias, targets, reduction="sum")
-    torch.testing.assert_close(loss.double(), reference, rtol=1e-6, atol=1e-6)  # summed in fp32
+    assert loss.dtype == torch.float64, "float64 hidden states: float64 logits and sum"
+    torch.testing.assert_close(loss, reference)
     (2.5 * loss).backward()
     (2.5 * reference).backward()
     torch.testing.assert_close(hidden.grad, hidden2.grad)
