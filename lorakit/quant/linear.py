@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Literal
 
 import torch
@@ -15,15 +16,67 @@ Scheme = Literal["nf4", "int8"]
 SCHEMES: tuple[Scheme, ...] = ("nf4", "int8")
 
 
+_SCRATCH = threading.local()  # per thread: {(role, shape, dtype, device): a tensor reused by every call}
+
+
+def _buffer(role: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, reuse: bool) -> torch.Tensor:
+    """An uninitialised tensor; with ``reuse``, the same one for every call with these arguments on this thread."""
+    if not reuse:
+        return torch.empty(shape, dtype=dtype, device=device)
+    buffers: dict[tuple[Any, ...], torch.Tensor] = _SCRATCH.__dict__.setdefault("buffers", {})
+    key = (role, shape, dtype, device)
+    if key not in buffers:
+        buffers[key] = torch.empty(shape, dtype=dtype, device=device)
+    return buffers[key]
+
+
+def _nf4_values(weight: Any, reuse: bool) -> torch.Tensor:
+    """torchao ``NF4Tensor.get_original_weight()``, bit for bit: each packed byte looks up its pair of NF4 values
+    (high nibble first, torchao's order) in a 256-row table, then each block of 64 is scaled in place."""
+    codes = weight.quantized_data  # (numel / 2,) uint8: two 4-bit codes per byte
+    nf4 = weight.nf4  # (16,) in the weight's nominal dtype
+    pairs = torch.stack([nf4.repeat_interleave(16), nf4.repeat(16)], dim=1)  # (256, 2): byte -> its two values
+    index = _buffer("nf4 codes", (codes.numel(),), torch.int32, codes.device, reuse)  # index_select's index type
+    out = _buffer("nf4 values", (codes.numel(), 2), nf4.dtype, nf4.device, reuse)
+    index.copy_(codes)
+    torch.index_select(pairs, 0, index, out=out)  # (numel / 2, 2)
+    scalers = weight.dequantize_scalers(weight.quantized_scalers, weight.quantization_factor, weight.scaler_block_size)
+    out.view(-1, weight.block_size).mul_(scalers[:, None])  # (n_blocks, 64) * (n_blocks, 1), in the nominal dtype
+    return out.view(weight.shape)
+
+
+def _int8_values(weight: Any, reuse: bool) -> torch.Tensor:
+    """torchao ``Int8Tensor.dequantize()``, bit for bit: ``(q - zero_point) * scale`` per output row."""
+    out = _buffer("int8 values", tuple(weight.shape), weight.dtype, weight.qdata.device, reuse)  # (out, in)
+    out.copy_(weight.qdata)
+    if weight.zero_point is not None:
+        out.sub_(weight.zero_point.reshape(-1, 1))
+    return out.mul_(weight.scale.reshape(-1, 1))  # computed in the scale's dtype, rounded to the nominal one
+
+
 def dequantize(weight: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A plain tensor of ``weight``'s values: exactly what the quantised forward multiplies by."""
     if hasattr(weight, "get_original_weight"):  # torchao NF4Tensor
-        plain = weight.get_original_weight()
-    elif hasattr(weight, "dequantize") and type(weight) is not torch.Tensor:  # torchao Int8Tensor
-        plain = weight.dequantize()
+        plain = _nf4_values(weight, reuse=False)
+    elif hasattr(weight, "qdata") and type(weight) is not torch.Tensor:  # torchao Int8Tensor
+        plain = _int8_values(weight, reuse=False)
     else:
         plain = weight.detach()
     return plain if dtype is None else plain.to(dtype)
+
+
+def dequantize_to_scratch(weight: torch.Tensor) -> torch.Tensor:
+    """``dequantize(weight)`` written into a buffer shared by every weight of its shape: valid until the next
+    call for that shape, so use it at once (the quantised forward and backward do).
+
+    torchao's own de-quantisation builds several weight-sized temporaries per call (NF4 widens the packed codes
+    to int64: about 18 bytes per weight at its peak, 30 MB for one of SmolLM2's MLP matrices). Allocated and
+    freed twice per layer per step, they fragmented the heap until a QLoRA step peaked above a bf16 LoRA step
+    (bench/qlora_memory.py). With one buffer per shape there is nothing to allocate after the first step.
+    """
+    if hasattr(weight, "get_original_weight"):
+        return _nf4_values(weight, reuse=True)
+    return _int8_values(weight, reuse=True)
 
 
 def quantized_bytes(weight: torch.Tensor) -> int:
@@ -37,26 +90,26 @@ def quantized_bytes(weight: torch.Tensor) -> int:
 
 
 class _FrozenQuantLinear(torch.autograd.Function):
-    """``y = x W^T`` through the quantised weight's own linear, with ``W`` frozen.
+    """``y = x W^T`` with ``W`` frozen and stored quantised, de-quantised when it is needed.
 
     Backward: ``dL/dx = dL/dy W`` (``y = x W^T`` is linear in x); W is de-quantised again for it, and there
     is no ``dL/dW`` since W never trains. Saving the quantised W rather than a de-quantised copy is the point:
-    autograd through torchao's int8 linear would keep a float copy of every weight alive until backward,
-    which costs more memory than the bf16 model QLoRA is meant to undercut.
+    autograd through a plain linear would keep a float copy of every weight alive until backward, which costs
+    more memory than the bf16 model QLoRA is meant to undercut.
     """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(weight)
         ctx.x_dtype = x.dtype
-        return F.linear(x, weight)  # (..., out); dispatched to torchao's NF4 / int8 linear
+        return F.linear(x, dequantize_to_scratch(weight).to(x.dtype))  # (..., out)
 
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, None]:
         if not ctx.needs_input_grad[0]:
             return None, None
         (weight,) = ctx.saved_tensors
-        grad_x = grad_y @ dequantize(weight, grad_y.dtype)  # (..., out) @ (out, in) -> (..., in)
+        grad_x = grad_y @ dequantize_to_scratch(weight).to(grad_y.dtype)  # (..., out) @ (out, in) -> (..., in)
         return grad_x.to(ctx.x_dtype), None
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import lorakit
 from lorakit.quant import QuantLinear, dequantize, quantize_model, quantized_bytes, quantized_modules
 from lorakit.quant.backends import quantize_weight, scale_block
-from lorakit.quant.linear import _FrozenQuantLinear
+from lorakit.quant.linear import _FrozenQuantLinear, dequantize_to_scratch
 from tests.tiny import tiny_llama
 
 # The 16 NF4 levels of QLoRA (Dettmers et al. 2023, appendix E; bitsandbytes' table), to 4 decimals.
@@ -79,6 +79,27 @@ def test_int8_round_trip_within_half_a_step_per_row() -> None:
     close = (deq - ref).abs() <= 1e-7
     assert close.double().mean() > 0.99  # the rest: weights within float32 rounding of a half step
     assert ((deq - ref).abs()[~close] <= step.expand_as(ref)[~close] * (1 + 1e-4)).all()
+
+
+@pytest.mark.parametrize("scheme", ["nf4", "int8"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dequantize_equals_torchaos_own_bit_for_bit(scheme: str, dtype: torch.dtype) -> None:
+    q = quantize_weight(_weight(192, 576, dtype=dtype), scheme)
+    own = q.get_original_weight() if scheme == "nf4" else q.dequantize()  # torchao's de-quantisation
+    assert own.dtype == dtype
+    assert torch.equal(dequantize(q), own)
+    assert torch.equal(dequantize_to_scratch(q), own)
+
+
+def test_scratch_buffer_is_shared_by_the_weights_of_one_shape() -> None:
+    a, b, c = (quantize_weight(_weight(64, 128 if k < 2 else 64, seed=k), "nf4") for k in range(3))
+    first = dequantize_to_scratch(a)
+    first_values = first.clone()
+    second = dequantize_to_scratch(b)
+    assert second.data_ptr() == first.data_ptr(), "one buffer per shape, overwritten by the next weight"
+    assert torch.equal(second, b.get_original_weight()) and not torch.equal(second, first_values)
+    assert dequantize_to_scratch(c).data_ptr() != first.data_ptr()
+    assert dequantize(a).data_ptr() != first.data_ptr(), "dequantize() returns a tensor of its own"
 
 
 def test_quantized_bytes_counts_codes_and_scales() -> None:
