@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -58,10 +59,12 @@ def child(name: str, batch_size: int, steps: int) -> dict[str, object]:
     from lorakit.data.jsonl import read_jsonl
     from lorakit.data.tokenize import tokenize_dataset
     from lorakit.layers import weight_of
+    from lorakit.memory import fix_mmap_threshold
     from lorakit.quant import quantized_bytes
     from lorakit.train.loss import token_loss_sum
 
     dtype, quantize = CONFIGS[name]
+    fix_mmap_threshold()  # as lorakit train does
     torch.manual_seed(0)
     start = time.perf_counter()
     model, tokenizer = lorakit.load_model(dtype=dtype, quantize=quantize)  # type: ignore[arg-type]
@@ -117,11 +120,12 @@ def main() -> None:
         print(json.dumps(child(args.child, args.batch_size, args.steps)))
         return
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONFIGS}
-    for _ in range(args.repeats):  # configs alternate; the peak of one run swings by +-25% with glibc's heap
+    for k in range(args.repeats):  # configs alternate; repeat k runs every config with Python hash seed k
         for name in CONFIGS:
             argv = [sys.executable, "-m", "bench.qlora_memory", "--child", name,
                        "--batch-size", str(args.batch_size), "--steps", str(args.steps)]  # fmt: skip
-            proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+            env = {**os.environ, "PYTHONHASHSEED": str(k)}
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
             if proc.returncode != 0:
                 sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
             runs[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -144,8 +148,10 @@ def main() -> None:
     notes = (
         f"SmolLM2-135M-Instruct, LoRA r=16 on all 210 Linear layers, one batch of {args.batch_size} built-in "
         f"contacts examples, {args.steps} training steps (forward, backward, AdamW) under bf16 autocast, each config "
-        f"in its own process, {args.repeats} runs per config alternating, medians (one run's step peak swings by "
-        "about +-25% with glibc's heap; the raw section lists every run's). 'linear weights' = the bytes of the "
+        f"in its own process, {args.repeats} runs per config alternating (run k of every config with Python hash "
+        "seed k), medians; the raw section lists every run's peak. Each child pins glibc's mmap threshold at 4 MiB "
+        "as lorakit train does (lorakit.memory.fix_mmap_threshold): with glibc's moving threshold one config's "
+        "step peak swung by +-25% from one hash seed to the next. 'linear weights' = the bytes of the "
         "weights LoRA wraps (NF4: 4-bit codes + int8 block scales + float scale factors); the output head and "
         "embeddings are never quantised. ru_maxrss includes loading; 'step peak' is the high-water mark during the "
         "steps alone (VmHWM after /proc/self/clear_refs). Times: rough ratios only."

@@ -30,7 +30,7 @@ from lorakit.data.jsonl import read_jsonl
 from lorakit.data.tokenize import TokenizedExample, tokenize_dataset
 from lorakit.errors import LorakitError
 from lorakit.io import save_adapter
-from lorakit.memory import peak_rss_mb
+from lorakit.memory import fix_mmap_threshold, peak_rss_mb
 from lorakit.models import BUILTIN_NAME, load_model
 from lorakit.train.attention import use_fp32_attention
 from lorakit.train.checkpoint import check_room, clean_temporary, list_checkpoints, load_checkpoint, save_checkpoint
@@ -208,6 +208,7 @@ def make_fully_trainable(model: torch.nn.Module) -> None:
 def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     """Run ``lorakit train``: returns where the adapter, metrics, plot and model card were written."""
     started = time.perf_counter()
+    fix_mmap_threshold()  # before the model loads: the step's heap must not depend on what loading freed
     procs = start(config.fsdp)  # under torchrun: this process's rank; rank 0 writes, all ranks train
     output = procs.on_main(lambda: prepare_output(config))
     procs.on_main(lambda: clean_temporary(output))

@@ -1,0 +1,66 @@
+"""lorakit.memory against glibc itself: what the mmap threshold does, observed through mallinfo2."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+PROBE = textwrap.dedent(
+    """
+    import ctypes, json
+    from lorakit.memory import fix_mmap_threshold
+
+    libc = ctypes.CDLL("libc.so.6")
+    class Info(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")]
+    libc.mallinfo2.restype = Info
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+
+    def mapped(size):
+        "Whether a block of size bytes gets its own mapping."
+        before = libc.mallinfo2().hblks
+        block = libc.malloc(size)
+        result = libc.mallinfo2().hblks > before
+        libc.free(block)
+        return result
+
+    libc.free(libc.malloc(16 << 20))  # freeing a 16 MiB mapping moves glibc's threshold up to 16 MiB
+    moved = mapped(12 << 20)  # now in the heap, whose free top then holds 12 MiB: smaller requests reuse it
+    fixed = fix_mmap_threshold()
+    print(json.dumps({"moved": moved, "fixed": fixed, "big": mapped(24 << 20), "small": mapped(1 << 20),
+                      "again_after_a_big_free": (libc.free(libc.malloc(16 << 20)), mapped(24 << 20))[1]}))
+    """
+)
+
+
+def _probe(**env: str) -> dict[str, bool]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")}
+    proc = subprocess.run([sys.executable, "-c", PROBE], env={**clean, **env}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt and mallinfo2 are glibc's")
+def test_fixed_threshold_maps_big_blocks_and_stops_moving() -> None:
+    got = _probe()
+    assert got["moved"] is False, "glibc's own behaviour: after a 16 MiB free, 12 MiB blocks go to the heap"
+    assert got["fixed"] is True
+    assert got["big"] is True and got["small"] is False  # at 4 MiB: a new 24 MiB block mapped, 1 MiB in the heap
+    assert got["again_after_a_big_free"] is True, "a fixed threshold does not move"
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt and mallinfo2 are glibc's")
+def test_a_threshold_the_user_chose_is_kept() -> None:
+    got = _probe(MALLOC_MMAP_THRESHOLD_=str(32 << 20))
+    assert got["fixed"] is False
+    assert got["big"] is False, "the user's 32 MiB threshold still holds"
