@@ -45,13 +45,31 @@ def _nf4_values(weight: Any, reuse: bool) -> torch.Tensor:
     return out.view(weight.shape)
 
 
+INT8_CHUNK = 1 << 20
+"""Weights per block of rows that int8 de-quantisation computes in float32 (a 4 MiB scratch at most)."""
+
+
 def _int8_values(weight: Any, reuse: bool) -> torch.Tensor:
-    """torchao ``Int8Tensor.dequantize()``, bit for bit: ``(q - zero_point) * scale`` per output row."""
-    out = _buffer("int8 values", tuple(weight.shape), weight.dtype, weight.qdata.device, reuse)  # (out, in)
-    out.copy_(weight.qdata)
-    if weight.zero_point is not None:
-        out.sub_(weight.zero_point.reshape(-1, 1))
-    return out.mul_(weight.scale.reshape(-1, 1))  # computed in the scale's dtype, rounded to the nominal one
+    """torchao ``Int8Tensor.dequantize()``, bit for bit: ``(q - zero_point) * scale`` per output row, computed in
+    the scale's dtype (float32) and rounded to the nominal one.
+
+    Written as ``out.mul_(scale)`` on a bf16 ``out``, PyTorch would make two weight-sized float32 temporaries per
+    call; here blocks of rows go through one float32 scratch with in-place ops, so nothing is allocated.
+    """
+    q = weight.qdata  # (out, in) int8
+    scale = weight.scale.reshape(-1, 1)  # (out, 1)
+    zero = None if weight.zero_point is None else weight.zero_point.reshape(-1, 1)
+    out = _buffer("int8 values", tuple(q.shape), weight.dtype, q.device, reuse)  # (out, in)
+    rows = max(1, min(q.shape[0], INT8_CHUNK // max(1, q.shape[1])))
+    scratch = _buffer("int8 scratch", (rows, q.shape[1]), scale.dtype, q.device, reuse)  # (rows, in)
+    for start in range(0, q.shape[0], rows):
+        block = scratch[: min(rows, q.shape[0] - start)]
+        block.copy_(q[start : start + rows])  # int8 -> float32, exact
+        if zero is not None:
+            block.sub_(zero[start : start + rows])
+        block.mul_(scale[start : start + rows])
+        out[start : start + rows].copy_(block)  # rounded to the nominal dtype
+    return out
 
 
 def dequantize(weight: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
