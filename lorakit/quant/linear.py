@@ -89,8 +89,8 @@ def dequantize_to_scratch(weight: torch.Tensor) -> torch.Tensor:
 
     torchao's own de-quantisation builds several weight-sized temporaries per call (NF4 widens the packed codes
     to int64: about 18 bytes per weight at its peak, 30 MB for one of SmolLM2's MLP matrices). Allocated and
-    freed twice per layer per step, they fragmented the heap until a QLoRA step peaked above a bf16 LoRA step
-    (bench/qlora_memory.py). With one buffer per shape there is nothing to allocate after the first step.
+    freed twice per layer per step, they fragment the heap, and a QLoRA step's peak RSS sat above a bf16 LoRA
+    step's (bench/qlora_memory.py). With one buffer per shape there is nothing to allocate after the first step.
     """
     if hasattr(weight, "get_original_weight"):
         return _nf4_values(weight, reuse=True)

@@ -125,9 +125,9 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
     ) -> torch.Tensor:  # fmt: skip
         need_grad = ctx.needs_input_grad[0]
         grad_hidden = torch.empty_like(hidden) if need_grad else None  # (N, H)
-        total = torch.zeros((), dtype=torch.promote_types(dtype, torch.float32), device=hidden.device)
-        w = weight.to(dtype)  # (V, H): a no-op when the head is stored in the compute dtype
         logits_dtype = torch.promote_types(dtype, torch.float32)  # fp32 logits for bf16, float64 for float64
+        total = torch.zeros((), dtype=logits_dtype, device=hidden.device)
+        w = weight.to(dtype)  # (V, H): a no-op when the head is stored in the compute dtype
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, hidden.shape[0], chunk):
                 h = hidden[start : start + chunk].to(dtype)  # (n, H)
