@@ -102,14 +102,28 @@ def workload(quick: bool) -> tuple[Any, dict[str, torch.Tensor]]:
     return model, batch
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child_env() -> dict[str, str]:
+    """This environment with the repository first on PYTHONPATH, so child processes import this lorakit."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
 def run_child(module: str, args: list[str]) -> dict[str, Any]:
     """Run ``python -m module args`` in a fresh process; its last stdout line is a JSON object."""
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=root, env=env)
+    argv = [sys.executable, "-m", module, *args]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=child_env())
     if proc.returncode != 0:
         raise RuntimeError(f"{module} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def print_table(columns: list[str], rows: list[list[Any]]) -> None:
+    """A markdown table on stdout (what the results file holds, for the terminal)."""
+    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(str(v) for v in row) + " |")
 
 
 def median(values: list[float]) -> float:

@@ -27,6 +27,7 @@ import torch
 import transformers
 
 import lorakit
+from bench.common import print_table
 
 RESULTS = Path(__file__).parent / "results"
 CACHE_KWARG = (
@@ -52,12 +53,6 @@ def write_result(name: str, title: str, columns: list[str], rows: list[list[Any]
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return path
-
-
-def print_table(columns: list[str], rows: list[list[Any]]) -> None:
-    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
-    for row in rows:
-        print("| " + " | ".join(str(v) for v in row) + " |")
 
 
 def build_models(folder: Path) -> tuple[Any, Any]:

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from bench.common import print_table
+
 CONFIGS: dict[str, tuple[str | None, str | None]] = {
     # name: (load_model dtype, quantize)
     "LoRA, fp32 base": ("float32", None),
@@ -161,10 +163,7 @@ def main() -> None:
                "columns": columns, "rows": rows, "notes": notes, "raw": results}  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) for i, c in enumerate(columns)]
-    print(" | ".join(str(c).ljust(w) for c, w in zip(columns, widths, strict=True)))
-    for row in rows:
-        print(" | ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)))
+    print_table(columns, rows)
     print(f"written to {RESULTS}")
 
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, median, write_result
+from bench.common import RESULTS, ROOT, child_env, median, print_table, write_result
 
 
 def _tiny_model(folder: Path) -> Path:
@@ -47,9 +46,7 @@ def run(multiple: int, steps: int, work: Path, model: Path | None) -> dict[str, 
             "--pad-to-multiple-of", str(multiple)]  # fmt: skip
     if model is not None:
         argv += ["--model", str(model)]
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=root, env=env)
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=child_env())
     if proc.returncode != 0:
         raise RuntimeError(f"lorakit train --pad-to-multiple-of {multiple} failed:\n{proc.stderr[-3000:]}")
     lines = (out / "metrics.jsonl").read_text().splitlines()
@@ -102,9 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     path = write_result("rss_creep", "Peak RSS over a training run, with and without length padding", command,
                         columns, rows, notes, args.out)  # fmt: skip
-    widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) for i, c in enumerate(columns)]
-    for line in [columns, *rows]:
-        print(" | ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)))
+    print_table(columns, rows)
     print(f"written to {path}")
 
 

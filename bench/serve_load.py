@@ -30,7 +30,8 @@ import openai
 import torch
 
 import lorakit
-from bench.mixed_adapters import TARGETS, print_table, write_result
+from bench.common import print_table
+from bench.mixed_adapters import TARGETS, write_result
 
 PROMPTS = [
     "Summarise why the sky is blue in two sentences.",
