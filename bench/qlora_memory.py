@@ -5,9 +5,9 @@
 Each configuration runs in its own child process (so one's allocations cannot hide another's peak): load the
 model, add LoRA r=16 on all linear layers, and run ``--steps`` training steps (forward, backward, AdamW) on the
 same batch of the built-in contacts data under bf16 autocast. Reported per child: the bytes of the Linear
-weights LoRA wraps (quantised: codes + scales), the peak RSS of the whole child (``ru_maxrss``: loading
-included) and, where Linux lets a process reset its high-water mark (``/proc/self/clear_refs``), the peak
-RSS during the training steps alone. Writes bench/results/qlora.json.
+weights LoRA wraps (quantised: codes + scales), the bytes malloc holds live when the forward ends, the peak RSS
+of the whole child (``ru_maxrss``: loading included) and, where Linux lets a process reset its high-water mark
+(``/proc/self/clear_refs``), the peak RSS during the training steps alone. Writes bench/results/qlora.json.
 """
 
 from __future__ import annotations
@@ -61,33 +61,34 @@ def child(name: str, batch_size: int, steps: int) -> dict[str, object]:
     from lorakit.data.jsonl import read_jsonl
     from lorakit.data.tokenize import tokenize_dataset
     from lorakit.layers import weight_of
-    from lorakit.memory import fix_mmap_threshold
+    from lorakit.memory import heap_in_use_mib, loading_heap
     from lorakit.quant import quantized_bytes
     from lorakit.train.loss import token_loss_sum
 
     dtype, quantize = CONFIGS[name]
-    fix_mmap_threshold()  # as lorakit train does
     torch.manual_seed(0)
     start = time.perf_counter()
-    model, tokenizer = lorakit.load_model(dtype=dtype, quantize=quantize)  # type: ignore[arg-type]
-    load_seconds = time.perf_counter() - start
+    with loading_heap():  # as lorakit train loads and tokenizes
+        model, tokenizer = lorakit.load_model(dtype=dtype, quantize=quantize)  # type: ignore[arg-type]
+        load_seconds = time.perf_counter() - start
+        examples, _ = tokenize_dataset(tokenizer, read_jsonl(builtin_path("train")), 384)
     rss_loaded = _status_kib("VmRSS")
     lorakit.add_adapter(model, lorakit.LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
     wrapped = [m.base_layer for _, m in adapter_modules(model)]
     weight_bytes = sum(quantized_bytes(weight_of(m)) for m in wrapped)
     weight_numel = sum(weight_of(m).numel() for m in wrapped)
-    examples, _ = tokenize_dataset(tokenizer, read_jsonl(builtin_path("train")), 384)
     order = batch_order([len(e.input_ids) for e in examples], batch_size, 0, 0)
     batch = collate([examples[i] for i in order[0]], tokenizer.pad_token_id)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, foreach=False)
     model.train()
     rss_before = _status_kib("VmRSS")
     can_reset = _reset_peak()
-    times = []
+    times, in_use = [], []
     for _ in range(steps):
         t = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = token_loss_sum(model, batch) / int((batch["labels"][:, 1:] != -100).sum())
+        in_use.append(heap_in_use_mib())  # the activations are all held here: the live peak, near enough
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -97,6 +98,7 @@ def child(name: str, batch_size: int, steps: int) -> dict[str, object]:
         "rss_loaded_mib": (rss_loaded or 0) / 1024, "rss_before_steps_mib": (rss_before or 0) / 1024,
         "step_peak_mib": (_status_kib("VmHWM") or 0) / 1024 if can_reset else None,
         "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "live_mib": max(in_use) if None not in in_use else None,
         "load_seconds": load_seconds, "step_seconds": min(times), "loss": float(loss.detach()),
     }  # fmt: skip
 
@@ -108,7 +110,16 @@ def _median_run(name: str, got: list[dict[str, Any]]) -> dict[str, Any]:
         if isinstance(value, (int, float)) and all(isinstance(r[key], (int, float)) for r in got):
             merged[key] = statistics.median(r[key] for r in got)
     merged["step_peaks_mib"] = [round(r["step_peak_mib"]) for r in got if r["step_peak_mib"] is not None]
+    merged["live_mibs"] = [round(r["live_mib"], 1) for r in got if r.get("live_mib") is not None]
     return merged
+
+
+def _rounded(value: float | None) -> int | None:
+    return None if value is None else round(value)
+
+
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    return None if value is None or not reference else round(value / reference, 3)
 
 
 def main() -> None:
@@ -134,15 +145,17 @@ def main() -> None:
             print(f"done: {name}", file=sys.stderr)
     results = [_median_run(name, got) for name, got in runs.items()]
     bf16 = next(r for r in results if r["name"] == "LoRA, bf16 base")
-    columns = ["config", "linear weights MiB", "x bf16 bytes", "peak RSS MiB (ru_maxrss)", "x LoRA-bf16",
-               "step peak RSS MiB", "s/step (noisy)"]  # fmt: skip
+    columns = ["config", "linear weights MiB", "x bf16 bytes", "live MiB after forward", "x LoRA-bf16",
+               "step peak RSS MiB (median)", "x LoRA-bf16", "step peak RSS range", "peak RSS MiB (ru_maxrss)",
+               "s/step (noisy)"]  # fmt: skip
     rows = []
     for r in results:
-        step_peak = r["step_peak_mib"]
+        peaks = r["step_peaks_mib"]
         rows.append([
             r["name"], round(r["weight_bytes"] / 2**20, 1), round(r["weight_bytes"] / (2 * r["weight_numel"]), 3),
-            round(r["ru_maxrss_mib"]), round(r["ru_maxrss_mib"] / bf16["ru_maxrss_mib"], 3),
-            None if step_peak is None else round(step_peak), round(r["step_seconds"], 2),
+            _rounded(r.get("live_mib")), _ratio(r.get("live_mib"), bf16.get("live_mib")),
+            _rounded(r.get("step_peak_mib")), _ratio(r.get("step_peak_mib"), bf16.get("step_peak_mib")),
+            f"{min(peaks)}-{max(peaks)}" if peaks else None, round(r["ru_maxrss_mib"]), round(r["step_seconds"], 2),
         ])  # fmt: skip
     command = (
         f"python -m bench.qlora_memory --batch-size {args.batch_size} --steps {args.steps} --repeats {args.repeats}"
@@ -151,12 +164,15 @@ def main() -> None:
         f"SmolLM2-135M-Instruct, LoRA r=16 on all 210 Linear layers, one batch of {args.batch_size} built-in "
         f"contacts examples, {args.steps} training steps (forward, backward, AdamW) under bf16 autocast, each config "
         f"in its own process, {args.repeats} runs per config alternating (run k of every config with Python hash "
-        "seed k), medians; the raw section lists every run's peak. Each child pins glibc's mmap threshold at 4 MiB "
-        "as lorakit train does (lorakit.memory.fix_mmap_threshold): with glibc's moving threshold one config's "
-        "step peak swung by +-25% from one hash seed to the next. 'linear weights' = the bytes of the "
-        "weights LoRA wraps (NF4: 4-bit codes + int8 block scales + float scale factors); the output head and "
-        "embeddings are never quantised. ru_maxrss includes loading; 'step peak' is the high-water mark during the "
-        "steps alone (VmHWM after /proc/self/clear_refs). Times: rough ratios only."
+        "seed k), medians; the raw section lists every run's peak. Each child loads the model and tokenizes the "
+        "data inside lorakit.memory.loading_heap and trains with glibc's mmap threshold pinned at 4 MiB, as lorakit "
+        "train does; without the first, a run's step peak landed in one of two modes 300-400 MiB apart "
+        "(docs/qlora.md). "
+        "'linear weights' = the bytes of the weights LoRA wraps (NF4: 4-bit codes + int8 block scales + float scale "
+        "factors); the output head and embeddings are never quantised. 'live after forward' = what malloc has "
+        "handed out and not had back when the forward ends (mallinfo2: heap in use + mapped blocks), the same in "
+        "every run; 'step peak' is the RSS high-water mark during the steps alone (VmHWM after "
+        "/proc/self/clear_refs), ru_maxrss includes loading. Times: rough ratios only."
     )
     payload = {"name": "qlora", "title": "QLoRA memory (SmolLM2-135M)", "command": command,
                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",

@@ -8,9 +8,15 @@ Two findings shape this module (measured on the built-in model, CPU):
   only halved the creep and cost 19% of the step, so it is not used there.
 - glibc moves its mmap threshold up each time a mapped block is freed (from 128 KiB to at most 32 MiB), so which
   activations land in the heap depends on what was freed before (loading, quantising). ``fix_mmap_threshold``
-  pins it at 4 MiB for training, so that no longer varies between methods, at no measured cost. It does not make
-  a step's peak RSS repeatable: the same QLoRA or LoRA step still lands in one of two peaks ~400 MiB apart from
-  one run to the next (docs/qlora.md).
+  pins it at 4 MiB for training, so that no longer varies between methods, at no measured cost.
+- Even so, the same QLoRA or LoRA step peaked in one of two modes ~300-400 MiB apart from one run to the next:
+  the step's allocations were the same, byte for byte, but the heap they landed in was not. Loading left free
+  holes in it whose layout varied (the Rust tokenizer allocates in hash-map order, which changes from run to
+  run, and blocks its threads allocated end up in the main thread's malloc cache), and at every decoder layer
+  the activations either fit those holes or grew the heap ~9 MiB further. ``loading_heap`` maps loading's
+  larger blocks instead, so the heap the first step starts from is compact (3 MiB free in it instead of
+  200-280). NF4 probe runs with the first step in the high mode: 26 of 44 before, 2 of 41 after;
+  bench.qlora_memory: 6 of 18 runs (bf16, int8, NF4) before, 1 of 18 after. Loading takes no longer.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import contextlib
 import ctypes
 import os
 import sys
+from collections.abc import Iterator
 
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 MMAP_THRESHOLD = 4 << 20
@@ -35,6 +42,42 @@ def fix_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
         return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, size))
     except (OSError, AttributeError):
         return False
+
+
+LOADING_MMAP_THRESHOLD = 64 << 10
+"""While a model loads: loading's temporaries of 64 KiB and more (file reads, float weights replaced by quantised
+ones, tokenizer tables) get mappings, which are unmapped when freed, instead of leaving holes in the heap."""
+
+
+@contextlib.contextmanager
+def loading_heap() -> Iterator[None]:
+    """Load a model with a compact heap: glibc's mmap threshold at ``LOADING_MMAP_THRESHOLD`` inside, pinned at
+    ``MMAP_THRESHOLD`` on leaving (as ``fix_mmap_threshold``). Nothing changes where the user chose a threshold."""
+    chosen = fix_mmap_threshold(LOADING_MMAP_THRESHOLD)
+    try:
+        yield
+    finally:
+        if chosen:
+            fix_mmap_threshold()
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]  # fmt: skip
+
+
+def heap_in_use_mib() -> float | None:
+    """MiB that malloc has handed out and not had back (glibc's ``mallinfo2``: blocks in use in the heap plus
+    mapped blocks): the process's live allocations, without the free heap pages RSS also counts. None where
+    there is no glibc 2.33+."""
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return (info.uordblks + info.hblkhd) / (1 << 20)
 
 
 def return_free_memory() -> None:

@@ -30,7 +30,7 @@ from lorakit.data.jsonl import read_jsonl
 from lorakit.data.tokenize import TokenizedExample, tokenize_dataset
 from lorakit.errors import LorakitError
 from lorakit.io import save_adapter
-from lorakit.memory import fix_mmap_threshold, peak_rss_mb
+from lorakit.memory import loading_heap, peak_rss_mb
 from lorakit.models import BUILTIN_NAME, load_model
 from lorakit.train.attention import use_fp32_attention
 from lorakit.train.checkpoint import check_room, clean_temporary, list_checkpoints, load_checkpoint, save_checkpoint
@@ -208,7 +208,6 @@ def make_fully_trainable(model: torch.nn.Module) -> None:
 def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     """Run ``lorakit train``: returns where the adapter, metrics, plot and model card were written."""
     started = time.perf_counter()
-    fix_mmap_threshold()  # before the model loads: the step's heap must not depend on what loading freed
     procs = start(config.fsdp)  # under torchrun: this process's rank; rank 0 writes, all ranks train
     output = procs.on_main(lambda: prepare_output(config))
     procs.on_main(lambda: clean_temporary(output))
@@ -217,21 +216,24 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     # ---- data (checked before the model is loaded: a broken line fails fast), model, tokens
     data_source, records = read_dataset(config.data)
     eval_records = read_dataset(config.eval_data)[1] if config.eval_data else []
-    model, tokenizer = load_model(config.model, quantize=config.quantize(), trust_remote_code=config.trust_remote_code)
-    device = next(model.parameters()).device
-    autocast = resolve_precision(config.precision, device)
-    examples, stats = tokenize_dataset(tokenizer, records, config.seq_len, path=data_source)
-    _log(
-        f"{data_source}: {stats.n_records} examples, {stats.n_tokens:,} tokens ({stats.n_label_tokens:,} trained "
-        f"on); {stats.n_truncated} truncated to --seq-len {config.seq_len}, {stats.n_skipped} skipped (nothing "
-        "left to learn after truncation)"
-    )
-    eval_batches: list[dict[str, torch.Tensor]] = []
-    if eval_records:
-        eval_examples, _ = tokenize_dataset(tokenizer, eval_records, config.seq_len, path=config.eval_data)
-        eval_batches = [
-            collate(eval_examples[i : i + 16], tokenizer.pad_token_id) for i in range(0, len(eval_examples), 16)
-        ]
+    with loading_heap():  # the steps start from a compact heap, whatever loading freed (lorakit.memory)
+        model, tokenizer = load_model(
+            config.model, quantize=config.quantize(), trust_remote_code=config.trust_remote_code
+        )
+        device = next(model.parameters()).device
+        autocast = resolve_precision(config.precision, device)
+        examples, stats = tokenize_dataset(tokenizer, records, config.seq_len, path=data_source)
+        _log(
+            f"{data_source}: {stats.n_records} examples, {stats.n_tokens:,} tokens ({stats.n_label_tokens:,} trained "
+            f"on); {stats.n_truncated} truncated to --seq-len {config.seq_len}, {stats.n_skipped} skipped (nothing "
+            "left to learn after truncation)"
+        )
+        eval_batches: list[dict[str, torch.Tensor]] = []
+        if eval_records:
+            eval_examples, _ = tokenize_dataset(tokenizer, eval_records, config.seq_len, path=config.eval_data)
+            eval_batches = [
+                collate(eval_examples[i : i + 16], tokenizer.pad_token_id) for i in range(0, len(eval_examples), 16)
+            ]
     # Batch lengths rounded up to --pad-to-multiple-of: with every length new, oneDNN cached kernels per shape and
     # glibc's heap fragmented around them, and the demo's peak RSS crept 2.1 -> 4.4 GB over 240 steps.
     batches = MicroBatches(
