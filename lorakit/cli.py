@@ -158,12 +158,31 @@ def _model_with_adapter(
         find_adapter_folder(adapter)  # a wrong path fails before the model is loaded
     model, tokenizer = lorakit.load_model(
         model_name,
-        quantize=quantize,  # type: ignore[arg-type]  # argparse checked it against lorakit.quant.SCHEMES
+        quantize=_base_quantization(adapter, quantize),  # type: ignore[arg-type]  # one of lorakit.quant.SCHEMES
         trust_remote_code=trust_remote_code,
     )
     if adapter:
         lorakit.load_adapter(model, adapter)
     return prepare_for_inference(model), tokenizer
+
+
+def _base_quantization(adapter: str | None, quantize: str | None) -> str | None:
+    """``--quantize`` as given ("none": a float base); unset, the scheme a QLoRA adapter was trained on, as its
+    run's train_config.json says (an adapter fits best the weights it was trained against)."""
+    from lorakit.train_config import trained_quantization
+
+    if quantize == "none":
+        return None
+    if quantize or not adapter:
+        return quantize
+    trained = trained_quantization(adapter)
+    if trained:
+        print(
+            f"{adapter}: trained by QLoRA on a {trained} base (its train_config.json): the base is quantised the "
+            "same way (--quantize none for a float base)",
+            file=sys.stderr,
+        )
+    return trained
 
 
 def _conversation(system: str | None, prompt: str) -> list[dict[str, str]]:
@@ -194,17 +213,18 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from lorakit.export import merge_to_folder
 
+    quantize = _base_quantization(args.adapter, args.quantize)
     folder = merge_to_folder(
         args.model,
         args.adapter,
         args.output,
         safe=args.safe,
-        quantize=args.quantize,
+        quantize=quantize,  # type: ignore[arg-type]  # one of lorakit.quant.SCHEMES
         trust_remote_code=args.trust_remote_code,
     )
-    if args.quantize:
+    if quantize:
         print(
-            f"the base was quantised ({args.quantize}): the adapter was merged into a de-quantised float32 copy of "
+            f"the base was quantised ({quantize}): the adapter was merged into a de-quantised float32 copy of "
             "its weights (the weights it was trained against), not re-quantised"
         )
     print(f"merged model written to {folder}/ (loads with AutoModelForCausalLM.from_pretrained, no lorakit needed)")
@@ -385,8 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _quantize_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--quantize", choices=["nf4", "int8"],
-        help="quantise the base's Linear weights as QLoRA training did (train --method qlora --bits 4: nf4, 8: int8)",
+        "--quantize", choices=["nf4", "int8", "none"],
+        help="quantise the base's Linear weights as QLoRA training did (train --method qlora --bits 4: nf4, 8: int8;"
+        " the default for an adapter whose train_config.json says so; none: a float base)",
     )  # fmt: skip
 
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from lorakit.config import AdapterConfig, IA3Config, LoraConfig, is_init_mode
@@ -19,6 +22,7 @@ Precision = Literal["auto", "fp32", "bf16"]
 Method = Literal["lora", "dora", "ia3", "qlora", "full"]
 METHODS: tuple[str, ...] = ("lora", "dora", "ia3", "qlora", "full")
 Schedule = Literal["cosine", "linear", "constant"]
+CONFIG_FILE = "train_config.json"  # written into every run's output folder
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,21 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def trained_quantization(adapter: str | os.PathLike[str]) -> Literal["nf4", "int8"] | None:
+    """How the base was quantised when ``lorakit train`` made the adapter in this folder (or its parent):
+    "nf4"/"int8" for a QLoRA run, None for any other run or a folder without ``train_config.json``."""
+    folder = Path(adapter)
+    for candidate in (folder / CONFIG_FILE, folder.parent / CONFIG_FILE):
+        try:
+            saved = json.loads(candidate.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(saved, dict) or saved.get("method") != "qlora":
+            return None
+        return "int8" if saved.get("bits") == 8 else "nf4"
+    return None
 
 
 # Names of feed-forward output projections, whose *input* IA3 scales (llama/mistral/qwen, GPT-2, OPT, Mixtral).

@@ -38,9 +38,8 @@ from lorakit.train.distributed import Processes, QuietLog, start
 from lorakit.train.loss import token_loss_sum
 from lorakit.train.optim import build_optimizer, schedule
 from lorakit.train.report import MetricsLog, model_card, plot_loss, write_text_atomic
-from lorakit.train_config import TrainConfig
+from lorakit.train_config import CONFIG_FILE, TrainConfig
 
-CONFIG_FILE = "train_config.json"
 INITIAL_ADAPTER = "initial_adapter"  # PiSSA/OLoRA adapter as initialised, before training
 SUMMARY_FILE = "train_summary.json"  # written last: its presence means the run finished
 # Fields a resumed run may change; any other difference means a different run.

@@ -15,7 +15,7 @@ import lorakit
 from lorakit.cli import main
 from lorakit.quant import QuantLinear, dequantize, dequantize_model, quantize_model, quantized_modules
 from lorakit.quant.backends import quantize_weight
-from lorakit.train_config import TrainConfig
+from lorakit.train_config import TrainConfig, trained_quantization
 from tests.tiny import randomize_lora_b, tiny_llama
 
 CONFIG = {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}
@@ -107,9 +107,10 @@ def test_train_method_qlora_then_merge_on_the_quantised_base(
     saved = json.loads((out / "adapter_config.json").read_text())
     assert saved["peft_type"] == "LORA" and saved["r"] == 4
     assert json.loads((out / "train_config.json").read_text())["bits"] == 8
-    assert main(["merge", "--quantize", "int8", "--model", str(tiny_model_dir), "--adapter", str(out),
-                 "--output", str(merged)]) == 0  # fmt: skip
-    assert "de-quantised float32 copy" in capsys.readouterr().out
+    # No --quantize: the run's train_config.json says int8, so the base is quantised as in training.
+    assert main(["merge", "--model", str(tiny_model_dir), "--adapter", str(out), "--output", str(merged)]) == 0
+    said = capsys.readouterr()
+    assert "trained by QLoRA on a int8 base" in said.err and "de-quantised float32 copy" in said.out
     plain = AutoModelForCausalLM.from_pretrained(merged)
     assert next(plain.parameters()).dtype == torch.float32
     # The merged model computes what the de-quantised base plus the unmerged adapter computes, in float32.
@@ -120,6 +121,13 @@ def test_train_method_qlora_then_merge_on_the_quantised_base(
     with torch.no_grad():
         got, expected = plain(ids).logits, reference(ids).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    # --quantize none: merged into the float base instead (int8's rounding is not in its weights).
+    assert main(["merge", "--quantize", "none", "--model", str(tiny_model_dir), "--adapter", str(out),
+                 "--output", str(tmp_path / "float")]) == 0  # fmt: skip
+    assert "de-quantised" not in capsys.readouterr().out
+    weight = "model.layers.0.mlp.down_proj.weight"
+    on_float = AutoModelForCausalLM.from_pretrained(tmp_path / "float").state_dict()[weight]
+    assert (on_float - plain.state_dict()[weight]).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize(
@@ -136,3 +144,19 @@ def test_quantize_before_adapters_only() -> None:
     model = lorakit.add_adapter(tiny_llama(), lorakit.LoraConfig(**CONFIG))
     with pytest.raises(ValueError, match="before adding LoRA adapters"):
         quantize_model(model, "nf4")
+
+
+def test_trained_quantization_reads_the_runs_train_config(tmp_path: Path) -> None:
+    run, other = tmp_path / "run", tmp_path / "other"
+    (run / "initial_adapter").mkdir(parents=True)
+    other.mkdir()
+    assert trained_quantization(run) is None, "no train_config.json: not known to be QLoRA"
+    (run / "train_config.json").write_text(json.dumps(TrainConfig(method="qlora").to_dict()))
+    assert trained_quantization(run) == "nf4"
+    assert trained_quantization(run / "initial_adapter") == "nf4", "an adapter folder inside the run"
+    (run / "train_config.json").write_text(json.dumps(TrainConfig(method="qlora", bits=8).to_dict()))
+    assert trained_quantization(run) == "int8"
+    (other / "train_config.json").write_text(json.dumps(TrainConfig(method="lora").to_dict()))
+    assert trained_quantization(other) is None
+    (other / "train_config.json").write_text("{not json")
+    assert trained_quantization(other) is None
