@@ -42,9 +42,11 @@ from lorakit.train_config import CONFIG_FILE, TrainConfig
 
 INITIAL_ADAPTER = "initial_adapter"  # PiSSA/OLoRA adapter as initialised, before training
 SUMMARY_FILE = "train_summary.json"  # written last: its presence means the run finished
-# Fields a resumed run may change; any other difference means a different run.
+# Fields a resumed run may change; any other difference means a different run. pad_to_multiple_of only pads
+# the same batches further (the loss is the same up to rounding), so a run from before the flag resumes too.
 RESUMABLE_CHANGES = {
     "resume", "overwrite", "output", "max_steps", "epochs", "save_every", "eval_every", "trust_remote_code",
+    "pad_to_multiple_of",
 }  # fmt: skip
 
 

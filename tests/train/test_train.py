@@ -98,6 +98,12 @@ def test_resume_with_other_settings_is_refused(tiny_model_dir: Path, small_chat_
     loop.train(cfg, progress=False)
     with pytest.raises(LorakitError, match=r"different settings.*lr"):
         loop.train(TrainConfig(**{**cfg.to_dict(), "resume": True, "lr": 1.0}), progress=False)
+    # Padding batches further is the same run; a run saved before the flag existed (no key) resumes too.
+    saved = json.loads((tmp_path / "run" / loop.CONFIG_FILE).read_text())
+    del saved["pad_to_multiple_of"]
+    (tmp_path / "run" / loop.CONFIG_FILE).write_text(json.dumps(saved))
+    more = {**cfg.to_dict(), "resume": True, "max_steps": 2, "pad_to_multiple_of": 1}
+    assert loop.train(TrainConfig(**more), progress=False).steps == 2
 
 
 def test_non_finite_loss_stops_with_the_step(tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path) -> None:
