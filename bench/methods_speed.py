@@ -1,9 +1,10 @@
-"""Training-step time and peak memory of LoRA, DoRA and IA3 on the built-in model, each in its own process.
+"""Training-step time and peak memory of LoRA, DoRA, IA3 and QLoRA on the built-in model, each in its own process.
 
     .venv/bin/python -m bench.methods_speed [--steps 4] [--batch-size 4] [--seq-len 128] [--precision fp32|bf16]
 
-Each method runs in a fresh subprocess (so peak RSS is its own): load SmolLM2-135M-Instruct, add the adapter
-(LoRA and DoRA: r=16, alpha=32, all-linear; IA3: peft's targets), then forward + backward + AdamW on the same
+Each method runs in a fresh subprocess (so peak RSS is its own): load SmolLM2-135M-Instruct (QLoRA: its Linear
+weights in NF4), add the adapter (LoRA, DoRA and QLoRA: r=16, alpha=32, all-linear; IA3: peft's targets), store
+the frozen weights and compute as ``lorakit train`` does, then forward + backward + AdamW on the same
 random-token batches. Prints the median step time, its ratio to LoRA's, and peak RSS; writes
 bench/results/methods.json.
 """
@@ -22,33 +23,41 @@ from pathlib import Path
 
 import torch
 
-METHODS = ("lora", "dora", "ia3")
+from bench.common import print_table
+
+METHODS = ("lora", "dora", "ia3", "qlora")
 RESULTS = Path(__file__).resolve().parent / "results" / "methods.json"
 
 
 def run_one(method: str, steps: int, batch_size: int, seq_len: int, precision: str) -> dict[str, float]:
     import lorakit
+    from lorakit.memory import fix_mmap_threshold
+    from lorakit.train.loop import prepare_for_training
+    from lorakit.train.loss import token_loss_sum
 
+    fix_mmap_threshold()  # as lorakit train does
     torch.manual_seed(0)
-    model, _ = lorakit.load_model()
+    model, _ = lorakit.load_model(quantize="nf4" if method == "qlora" else None)
     config: lorakit.LoraConfig | lorakit.IA3Config
     if method == "ia3":
         config = lorakit.IA3Config()
     else:
         config = lorakit.LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", use_dora=method == "dora")
     lorakit.add_adapter(model, config)
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    prepare_for_training(model, dtype, checkpointing=False)  # frozen weights stored in the compute dtype
     model.train()
     trainable, _ = lorakit.count_parameters(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     vocab = model.config.vocab_size
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, vocab, (batch_size, seq_len), generator=gen) for _ in range(steps + 1)]
-    dtype = torch.bfloat16 if precision == "bf16" else None
     times = []
     for step, ids in enumerate(batches):
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            loss = model(input_ids=ids, labels=ids).loss
+            loss = token_loss_sum(model, batch) / ids[:, 1:].numel()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -79,23 +88,22 @@ def main() -> None:
     columns = ["method", "trainable params", "median step (s)", "step vs LoRA", "peak RSS (MiB)"]
     rows = [[m, int(r["trainable"]), round(r["step_s"], 3), round(r["step_s"] / base, 2), round(r["peak_rss_mib"])]
             for m, r in results.items()]  # fmt: skip
-    print(" | ".join(columns))
-    for row in rows:
-        print(" | ".join(map(str, row)))
+    print_table(columns, rows)
     command = "python -m bench.methods_speed " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "one"
     )
     RESULTS.parent.mkdir(exist_ok=True)
     payload = {
         "name": "methods",
-        "title": "LoRA vs DoRA vs IA3: training step on SmolLM2-135M",
+        "title": "LoRA vs DoRA vs IA3 vs QLoRA: training step on SmolLM2-135M",
         "command": command,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "columns": columns,
         "rows": rows,
         "notes": f"batch {args.batch_size} x {args.seq_len} random tokens, {args.precision}, median of "
         f"{args.steps} steps after one warm-up; each method in its own process (peak RSS includes the model). "
-        "LoRA/DoRA r=16 all-linear; IA3 on k_proj, v_proj, down_proj. Shared, noisy machine: compare ratios.",
+        "LoRA/DoRA/QLoRA r=16 all-linear (QLoRA: NF4 base, the rest of the model in bf16); IA3 on k_proj, v_proj, "
+        "down_proj. Loss through lorakit train's chunked head. Compare ratios: the machine is shared.",
     }
     RESULTS.write_text(json.dumps(payload, indent=2) + "\n")
 
