@@ -11,6 +11,9 @@ from typing import Any
 
 import pytest
 
+# mallopt and mallinfo2 exist only in glibc (not musl, macOS or Windows); every test here observes them.
+pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt and mallinfo2 are glibc's")
+
 PRELUDE = """
 import ctypes, json
 from lorakit.memory import fix_mmap_threshold, heap_in_use_mib, loading_heap
@@ -65,7 +68,6 @@ def _probe(body: str, **env: str) -> dict[str, Any]:
     return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt and mallinfo2 are glibc's")
 def test_fixed_threshold_maps_big_blocks_and_stops_moving() -> None:
     got = _probe(THRESHOLD)
     assert got["moved"] is False, "glibc's own behaviour: after a 16 MiB free, 12 MiB blocks go to the heap"
@@ -74,27 +76,23 @@ def test_fixed_threshold_maps_big_blocks_and_stops_moving() -> None:
     assert got["again_after_a_big_free"] is True, "a fixed threshold does not move"
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt and mallinfo2 are glibc's")
 def test_a_threshold_the_user_chose_is_kept() -> None:
     got = _probe(THRESHOLD, MALLOC_MMAP_THRESHOLD_=str(32 << 20))
     assert got["fixed"] is False
     assert got["big"] is False, "the user's 32 MiB threshold still holds"
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt and mallinfo2 are glibc's")
 def test_loading_heap_maps_blocks_over_64k_then_pins_4m() -> None:
     got = _probe(LOADING)
     assert got["loading_1m"] is True and got["loading_32k"] is False
     assert got["after_loading_1m"] is False and got["after_loading_24m"] is True
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt and mallinfo2 are glibc's")
 def test_loading_heap_keeps_the_users_threshold() -> None:
     got = _probe(LOADING, MALLOC_MMAP_THRESHOLD_=str(32 << 20))
     assert got["loading_1m"] is False and got["after_loading_24m"] is False
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallinfo2 is glibc's")
 def test_heap_in_use_counts_heap_and_mapped_blocks() -> None:
     got = _probe(LOADING)
     assert 12 <= got["in_use_grew_mib"] < 12.1, "3 MiB in the heap + 9 MiB mapped, plus malloc's headers"
