@@ -86,9 +86,9 @@ def workload(quick: bool) -> tuple[Any, dict[str, torch.Tensor]]:
         return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
     import lorakit
     from lorakit.data.batching import collate
-    from lorakit.data.contacts import builtin_path
     from lorakit.data.jsonl import read_jsonl
     from lorakit.data.tokenize import tokenize_dataset
+    from lorakit.tasks.contacts import builtin_path
 
     model, tokenizer = lorakit.load_model()
     # Tokenising the whole set costs each child seconds: the first child of a suite run caches the batch.

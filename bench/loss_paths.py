@@ -19,10 +19,10 @@ import torch.nn.functional as F
 
 import lorakit
 from lorakit.data.batching import batch_order, collate
-from lorakit.data.contacts import builtin_path
 from lorakit.data.jsonl import read_jsonl
 from lorakit.data.tokenize import tokenize_dataset
-from lorakit.train.loss import token_loss_sum
+from lorakit.loss import token_loss_sum
+from lorakit.tasks.contacts import builtin_path
 
 
 def full_logits_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

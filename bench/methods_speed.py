@@ -31,9 +31,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "methods.json"
 
 def run_one(method: str, steps: int, batch_size: int, seq_len: int, precision: str) -> dict[str, float]:
     import lorakit
+    from lorakit.loss import token_loss_sum
     from lorakit.memory import fix_mmap_threshold
     from lorakit.train.loop import prepare_for_training
-    from lorakit.train.loss import token_loss_sum
 
     fix_mmap_threshold()  # as lorakit train does
     torch.manual_seed(0)

@@ -69,8 +69,8 @@ def measure_train(output: str) -> dict[str, int]:
 def largest_batch() -> tuple[int, int, int]:
     """(batch size, padded length, label tokens) of the largest micro-batch among the first STEPS."""
     from lorakit.data.tokenize import tokenize_dataset
+    from lorakit.train.config import TrainConfig
     from lorakit.train.loop import MicroBatches, read_dataset
-    from lorakit.train_config import TrainConfig
 
     config = TrainConfig()
     from transformers import AutoTokenizer

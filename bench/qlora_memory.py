@@ -57,13 +57,13 @@ def child(name: str, batch_size: int, steps: int) -> dict[str, object]:
     import lorakit
     from lorakit.adapters import adapter_modules
     from lorakit.data.batching import batch_order, collate
-    from lorakit.data.contacts import builtin_path
     from lorakit.data.jsonl import read_jsonl
     from lorakit.data.tokenize import tokenize_dataset
     from lorakit.layers import weight_of
+    from lorakit.loss import token_loss_sum
     from lorakit.memory import heap_in_use_mib, loading_heap
     from lorakit.quant import quantized_bytes
-    from lorakit.train.loss import token_loss_sum
+    from lorakit.tasks.contacts import builtin_path
 
     dtype, quantize = CONFIGS[name]
     torch.manual_seed(0)

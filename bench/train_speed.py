@@ -54,10 +54,10 @@ def setup(method: str, precision: str, ckpt: bool, quick: bool) -> tuple[Callabl
     autocast: torch.dtype | None = torch.bfloat16 if precision == "bf16" else None
     if method == "lorakit":
         from lorakit.adapters import add_adapter
+        from lorakit.loss import token_loss_sum
+        from lorakit.train.config import TrainConfig
         from lorakit.train.loop import prepare_for_training, resolve_precision
-        from lorakit.train.loss import token_loss_sum
         from lorakit.train.optim import build_optimizer
-        from lorakit.train_config import TrainConfig
 
         config = TrainConfig(precision=precision, gradient_checkpointing=ckpt, r=R, lora_alpha=ALPHA)  # type: ignore[arg-type]
         autocast = resolve_precision(config.precision, torch.device("cpu"))

@@ -21,11 +21,11 @@ from lorakit.adapters import (
     unload,
     unmerge_adapters,
 )
-from lorakit.combine import combine_adapters
 from lorakit.config import IA3Config, LoraConfig
 from lorakit.errors import AdapterError, DataError, LorakitError, ModelError
 from lorakit.io import load_adapter, save_adapter
-from lorakit.mixed import row_adapters
+from lorakit.methods.combine import combine_adapters
+from lorakit.methods.mixed import row_adapters
 from lorakit.models import load_model
 
 __version__ = "0.1.0"

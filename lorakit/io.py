@@ -30,8 +30,8 @@ from lorakit.adapters import (
 )
 from lorakit.config import AdapterConfig, LoraConfig, config_from_peft_dict
 from lorakit.errors import AdapterError, DiskFullError, is_disk_full
-from lorakit.inits import convert_to_lora
 from lorakit.layers import LoraLayer
+from lorakit.methods.inits import convert_to_lora
 
 PREFIX = "base_model.model."
 CONFIG_NAME = "adapter_config.json"

@@ -70,7 +70,7 @@ class LoraLayer(nn.Module):
     """Bookkeeping shared by all wrappers: named adapters, which are active, which are merged."""
 
     adapter_param_names: tuple[str, ...] = ()
-    # Set by lorakit.mixed.row_adapters: the update for a batch whose rows use different adapters.
+    # Set by lorakit.methods.mixed.row_adapters: the update for a batch whose rows use different adapters.
     row_delta: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __init__(self, base_layer: nn.Module) -> None:

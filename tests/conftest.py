@@ -37,7 +37,7 @@ def tiny_model_dir(tmp_path_factory, smollm2_tokenizer):
 @pytest.fixture(scope="session")
 def small_chat_data(tmp_path_factory):
     """24 built-in contacts examples as a JSONL file."""
-    from lorakit.data.contacts import builtin_path
+    from lorakit.tasks.contacts import builtin_path
 
     folder = tmp_path_factory.mktemp("data")
     lines = builtin_path("train").read_text(encoding="utf-8").splitlines()[:24]

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from lorakit.compare.run import MethodSpec, parse_methods, run_compare
-from lorakit.data import knowledge
+from lorakit.cli.compare import MethodSpec, parse_methods, run_compare
 from lorakit.data.jsonl import read_jsonl
 from lorakit.errors import LorakitError
 from lorakit.plan import PlanSettings, plan_methods
+from lorakit.tasks import knowledge
 
 
 def test_knowledge_set_is_reproducible_and_tests_unseen_wording(tmp_path: Path) -> None:

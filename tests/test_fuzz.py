@@ -14,7 +14,7 @@ from lorakit.config import LoraConfig
 from lorakit.data.jsonl import read_jsonl
 from lorakit.errors import AdapterError, LorakitError
 from lorakit.io import read_adapter_config
-from lorakit.train_config import TrainConfig
+from lorakit.train.config import TrainConfig
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

@@ -13,11 +13,11 @@ from typing import Any, Literal
 import torch
 
 from lorakit.data.batching import collate
-from lorakit.data.contacts import builtin_path, reference_of
 from lorakit.data.jsonl import read_jsonl
 from lorakit.data.tokenize import tokenize_dataset
-from lorakit.eval.contacts import score_all, score_reply
 from lorakit.eval.generate import generate_all, prompt_ids
+from lorakit.tasks.contacts import builtin_path, reference_of
+from lorakit.tasks.contacts_metrics import score_all, score_reply
 from lorakit.train.loop import mean_token_loss
 
 Task = Literal["contacts", "loss"]

@@ -19,7 +19,7 @@ import lorakit
 from lorakit.adapters import adapter_configs, delete_adapter
 from lorakit.errors import LorakitError
 from lorakit.eval.generate import prompt_ids
-from lorakit.mixed import row_adapters
+from lorakit.methods.mixed import row_adapters
 from lorakit.serve.engine import Engine, Event, Sampling
 from lorakit.serve.engine import Request as EngineRequest
 from lorakit.serve.protocol import (

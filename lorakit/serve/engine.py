@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from lorakit.adapters import adapter_configs, disable_adapters
 from lorakit.errors import ModelError
-from lorakit.mixed import row_adapters
+from lorakit.methods.mixed import row_adapters
 
 FinishReason = Literal["stop", "length"]
 

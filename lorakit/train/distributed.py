@@ -26,12 +26,12 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from lorakit.cli.run_folder import MetricsLog
 from lorakit.data.batching import collate
 from lorakit.data.tokenize import TokenizedExample
 from lorakit.errors import LorakitError
+from lorakit.loss import IGNORE_INDEX, token_loss_sum
 from lorakit.train.checkpoint import rng_state, set_rng_state
-from lorakit.train.loss import IGNORE_INDEX, token_loss_sum
-from lorakit.train.report import MetricsLog
 
 T = TypeVar("T")
 

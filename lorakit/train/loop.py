@@ -24,21 +24,21 @@ from tqdm import tqdm
 
 import lorakit
 from lorakit.adapters import add_adapter, count_parameters
+from lorakit.cli.run_folder import MetricsLog, model_card, plot_loss, write_text_atomic
 from lorakit.data.batching import batch_order, collate, padding_waste
-from lorakit.data.contacts import builtin_path
 from lorakit.data.jsonl import read_jsonl
 from lorakit.data.tokenize import TokenizedExample, tokenize_dataset
 from lorakit.errors import LorakitError
 from lorakit.io import save_adapter
+from lorakit.loss import token_loss_sum
 from lorakit.memory import loading_heap, peak_rss_mb
 from lorakit.models import BUILTIN_NAME, load_model
+from lorakit.tasks.contacts import builtin_path
 from lorakit.train.attention import use_fp32_attention
 from lorakit.train.checkpoint import check_room, clean_temporary, list_checkpoints, load_checkpoint, save_checkpoint
+from lorakit.train.config import CONFIG_FILE, TrainConfig
 from lorakit.train.distributed import Processes, QuietLog, start
-from lorakit.train.loss import token_loss_sum
 from lorakit.train.optim import build_optimizer, schedule
-from lorakit.train.report import MetricsLog, model_card, plot_loss, write_text_atomic
-from lorakit.train_config import CONFIG_FILE, TrainConfig
 
 INITIAL_ADAPTER = "initial_adapter"  # PiSSA/OLoRA adapter as initialised, before training
 SUMMARY_FILE = "train_summary.json"  # written last: its presence means the run finished

@@ -15,7 +15,7 @@ import lorakit
 from lorakit.cli import main
 from lorakit.quant import QuantLinear, dequantize, dequantize_model, quantize_model, quantized_modules
 from lorakit.quant.backends import quantize_weight
-from lorakit.train_config import TrainConfig, trained_quantization
+from lorakit.train.config import TrainConfig, trained_quantization
 from tests.tiny import randomize_lora_b, tiny_llama
 
 CONFIG = {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}

@@ -13,8 +13,8 @@ import torch
 
 import lorakit
 from lorakit.eval.run import evaluate_contacts
+from lorakit.train.config import TrainConfig
 from lorakit.train.loop import train
-from lorakit.train_config import TrainConfig
 
 pytestmark = pytest.mark.integration
 

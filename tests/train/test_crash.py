@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from lorakit.train import loop
-from lorakit.train_config import TrainConfig
+from lorakit.train.config import TrainConfig
 
 STEPS = 30
 # Runs `lorakit train` with the checkpoint write slowed down after its adapter half, announcing the moment with

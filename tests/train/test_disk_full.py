@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from lorakit.errors import DiskFullError
 from lorakit.train import checkpoint, loop
-from lorakit.train_config import TrainConfig
+from lorakit.train.config import TrainConfig
 
 
 def _config(model: Path, data: Path, out: Path, **overrides: Any) -> TrainConfig:

@@ -22,8 +22,8 @@ import lorakit
 from lorakit.data.tokenize import TokenizedExample
 from lorakit.errors import LorakitError
 from lorakit.train import loop
+from lorakit.train.config import TrainConfig
 from lorakit.train.distributed import Processes
-from lorakit.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 COMMON = dict(max_steps=3, lr=3e-3, warmup_steps=1, precision="fp32", seq_len=256, r=4, lora_alpha=8,

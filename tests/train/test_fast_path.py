@@ -11,7 +11,7 @@ import torch
 
 from lorakit.layers import Linear
 from lorakit.train import loop
-from lorakit.train_config import TrainConfig
+from lorakit.train.config import TrainConfig
 
 
 def _losses(model_dir: Path, data: Path, output: Path, **overrides: object) -> list[float]:

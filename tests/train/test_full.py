@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 import lorakit
 from lorakit.train import loop
-from lorakit.train_config import TrainConfig
+from lorakit.train.config import TrainConfig
 
 
 def _config(model_dir: Path, data: Path, output: Path, **overrides: object) -> TrainConfig:

@@ -11,7 +11,7 @@ import lorakit
 from lorakit.data.batching import collate
 from lorakit.data.jsonl import read_jsonl
 from lorakit.data.tokenize import tokenize_dataset
-from lorakit.train.loss import shared_prefix_length, token_loss_sum
+from lorakit.loss import shared_prefix_length, token_loss_sum
 
 
 def _batch(model_dir: Path, data: Path, n: int = 4) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
@@ -74,7 +74,7 @@ def test_no_shared_prefix_for_different_prompts() -> None:
     ],
 )
 def test_chunked_head_cross_entropy_matches_full_cross_entropy_float64(chunk: int, rows_multiple: int) -> None:
-    from lorakit.train.loss import head_cross_entropy_sum
+    from lorakit.loss import head_cross_entropy_sum
 
     gen = torch.Generator().manual_seed(0)
     head = torch.nn.Linear(6, 11, dtype=torch.float64).requires_grad_(False)
@@ -91,7 +91,7 @@ def test_chunked_head_cross_entropy_matches_full_cross_entropy_float64(chunk: in
 
 
 def test_chunked_head_in_bf16_autocast_is_close_to_fp32() -> None:
-    from lorakit.train.loss import head_cross_entropy_sum
+    from lorakit.loss import head_cross_entropy_sum
 
     gen = torch.Generator().manual_seed(1)
     head = torch.nn.Linear(32, 97, bias=False).requires_grad_(False)

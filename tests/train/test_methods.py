@@ -16,8 +16,8 @@ import lorakit
 from lorakit.cli import main
 from lorakit.config import IA3Config, LoraConfig
 from lorakit.io import adapter_tensors
+from lorakit.train.config import TrainConfig
 from lorakit.train.optim import build_optimizer
-from lorakit.train_config import TrainConfig
 from tests.tiny import tiny_llama
 
 

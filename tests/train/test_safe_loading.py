@@ -11,7 +11,7 @@ import pytest
 
 import lorakit
 from lorakit.train import loop
-from lorakit.train_config import TrainConfig
+from lorakit.train.config import TrainConfig
 
 
 class _Payload:

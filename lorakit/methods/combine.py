@@ -25,9 +25,9 @@ from torch import nn
 
 from lorakit.adapters import adapter_configs, adapter_modules, add_adapter
 from lorakit.config import IA3Config, LoraConfig
-from lorakit.dora import DoraLinear
 from lorakit.errors import AdapterError
 from lorakit.layers import Conv, Embedding, Linear, LoraLayer, weight_of
+from lorakit.methods.dora import DoraLinear
 
 CombineMethod = Literal["cat", "linear", "svd"]
 

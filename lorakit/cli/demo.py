@@ -12,10 +12,10 @@ from datetime import datetime
 from pathlib import Path
 
 import lorakit
-from lorakit.data.contacts import SYSTEM_PROMPT
 from lorakit.eval.run import evaluate_contacts, markdown_table, prepare_for_inference, summary, write_json
+from lorakit.tasks.contacts import SYSTEM_PROMPT
+from lorakit.train.config import TrainConfig
 from lorakit.train.loop import train
-from lorakit.train_config import TrainConfig
 
 
 def run_demo(output: str | None = None, base_limit: int = 100) -> dict[str, dict[str, float]]:

@@ -1,5 +1,5 @@
 """The text of the contacts generator: value pools and message styles, in the mini-languages that
-``lorakit.data.contacts`` documents and parses. Data, not code: edit here to add variety."""
+``lorakit.tasks.contacts`` documents and parses. Data, not code: edit here to add variety."""
 
 # Value pools, "key: a, b, c" (two spaces continue a line). "key/eval" entries appear in the eval split only.
 # Kept disjoint, and no city hides inside a company or name, so that a null label can be checked for leaks.

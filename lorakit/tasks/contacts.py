@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lorakit.data.contacts_spec import POOL_SPEC, STYLE_SPEC
 from lorakit.errors import DataError
+from lorakit.tasks.contacts_spec import POOL_SPEC, STYLE_SPEC
 
 SYSTEM_PROMPT = (
     "Extract the contact details from the user's message. Reply with only a JSON object with the keys "
@@ -425,7 +425,7 @@ def write_builtin(out_dir: str | Path) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m lorakit.data.contacts", description="Regenerates the shipped contacts JSONL files."
+        prog="python -m lorakit.tasks.contacts", description="Regenerates the shipped contacts JSONL files."
     )
     parser.add_argument("--out", type=Path, default=builtin_path("train").parent, help="output folder")
     args = parser.parse_args(argv)

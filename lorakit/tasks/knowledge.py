@@ -5,7 +5,7 @@ the bare answer, and a statement), and tested by one paraphrased question whose 
 training; the answer is scored by exact match, case-insensitive. Entity and answer names are built from
 syllables by a seeded generator, so the files are the same on every machine:
 
-    python -m lorakit.data.knowledge      # rewrites lorakit/data/builtin/knowledge_{train,test}.jsonl
+    python -m lorakit.tasks.knowledge      # rewrites lorakit/tasks/builtin/knowledge_{train,test}.jsonl
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def write_builtin(out_dir: Path = BUILTIN) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lorakit.data.knowledge", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lorakit.tasks.knowledge", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=BUILTIN, help="output folder")
     args = parser.parse_args(argv)
     for split, path in write_builtin(args.out).items():

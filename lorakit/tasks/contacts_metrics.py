@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lorakit.data.contacts import KEYS
+from lorakit.tasks.contacts import KEYS
 
 _KEY_SET = frozenset(KEYS)
 METRICS: tuple[str, ...] = ("json_valid", "exact_match", "field_accuracy")  # per reply, then averaged

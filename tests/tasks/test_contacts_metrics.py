@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lorakit.data.contacts import KEYS
-from lorakit.eval.contacts import parse_reply, score_all, score_reply
+from lorakit.tasks.contacts import KEYS
+from lorakit.tasks.contacts_metrics import parse_reply, score_all, score_reply
 
 REF: dict[str, str | None] = {
     "name": "Zoë Łukasiewicz",

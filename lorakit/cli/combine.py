@@ -13,10 +13,10 @@ from pathlib import Path
 
 import lorakit
 from lorakit.adapters import adapter_configs
-from lorakit.combine import CombineMethod, max_rank
 from lorakit.config import IA3Config, LoraConfig
 from lorakit.errors import LorakitError
 from lorakit.io import CONFIG_NAME, WEIGHTS_NAME, find_adapter_folder, read_adapter_config
+from lorakit.methods.combine import CombineMethod, max_rank
 
 COMBINED = "default"  # save_adapter writes the "default" adapter straight into the output folder
 

@@ -23,17 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lorakit.data.contacts import builtin_path as contacts_path
 from lorakit.data.jsonl import read_jsonl
-from lorakit.data.knowledge import builtin_path as knowledge_path
-from lorakit.data.knowledge import normalise
 from lorakit.errors import LorakitError
+from lorakit.tasks.contacts import builtin_path as contacts_path
+from lorakit.tasks.knowledge import builtin_path as knowledge_path
+from lorakit.tasks.knowledge import normalise
 
 Task = Literal["format", "knowledge"]
 DEFAULT_METHODS = "full,lora:r=8,lora:r=64"
 LEARNING_RATES = {"full": 1e-4, "lora": 1e-3}
-PROBE_TEXT = Path(__file__).parents[1] / "data" / "builtin" / "probe_text.jsonl"
-PROBE_QUESTIONS = Path(__file__).parents[1] / "data" / "builtin" / "probe_questions.jsonl"
+PROBE_TEXT = Path(__file__).parents[1] / "tasks" / "builtin" / "probe_text.jsonl"
+PROBE_QUESTIONS = Path(__file__).parents[1] / "tasks" / "builtin" / "probe_questions.jsonl"
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class MethodSpec:
 
 def parse_methods(text: str) -> list[MethodSpec]:
     """``full,lora:r=8,lora:r=64:lr=5e-4`` -> specs; an unknown method or key is a one-line error."""
-    from lorakit.train_config import TrainConfig
+    from lorakit.train.config import TrainConfig
 
     specs = []
     for item in (t.strip() for t in text.split(",") if t.strip()):
@@ -217,7 +217,7 @@ def run_compare(tasks: list[Task], methods: list[MethodSpec], steps: int | None,
                 model: str | None = None, command: str = "lorakit compare",
                 limit: int | None = None) -> Path:  # fmt: skip
     """Train and score every method on every task; writes results.json, report.md and plots into ``output``."""
-    from lorakit.compare.report import write_report
+    from lorakit.cli.compare_report import write_report
 
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from lorakit.data import contacts
-from lorakit.data.contacts import (
+from lorakit.errors import DataError
+from lorakit.tasks import contacts
+from lorakit.tasks.contacts import (
     EVAL_ONLY_POOLS,
     EVAL_ONLY_TEMPLATES,
     KEYS,
@@ -23,7 +24,6 @@ from lorakit.data.contacts import (
     read_records,
     reference_of,
 )
-from lorakit.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_shipped_files_are_what_the_generator_writes(tmp_path: Path) -> None:
     assert contacts.main(["--out", str(tmp_path)]) == 0
     for split in ("train", "eval"):
         assert (tmp_path / f"contacts_{split}.jsonl").read_bytes() == builtin_path(split).read_bytes(), (
-            f"{split}: run `python -m lorakit.data.contacts` to regenerate the shipped files"
+            f"{split}: run `python -m lorakit.tasks.contacts` to regenerate the shipped files"
         )
 
 

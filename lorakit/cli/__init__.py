@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from lorakit.errors import LorakitError
-from lorakit.train_config import TrainConfig
+from lorakit.train.config import TrainConfig
 
 EXIT_USER_ERROR = 2
 
@@ -169,7 +169,7 @@ def _model_with_adapter(
 def _base_quantization(adapter: str | None, quantize: str | None) -> str | None:
     """``--quantize`` as given ("none": a float base); unset, the scheme a QLoRA adapter was trained on, as its
     run's train_config.json says (an adapter fits best the weights it was trained against)."""
-    from lorakit.train_config import trained_quantization
+    from lorakit.train.config import trained_quantization
 
     if quantize == "none":
         return None
@@ -211,7 +211,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from lorakit.export import merge_to_folder
+    from lorakit.export.merge import merge_to_folder
 
     quantize = _base_quantization(args.adapter, args.quantize)
     folder = merge_to_folder(
@@ -232,7 +232,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_combine(args: argparse.Namespace) -> int:
-    from lorakit.combine_folders import combine_to_folder, parse_weights
+    from lorakit.cli.combine import combine_to_folder, parse_weights
 
     done = combine_to_folder(args.model, args.adapter, parse_weights(args.weights), args.output, args.method,
                              args.rank, args.overwrite, args.trust_remote_code)  # fmt: skip
@@ -242,7 +242,7 @@ def cmd_combine(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from lorakit.demo import run_demo
+    from lorakit.cli.demo import run_demo
 
     run_demo(output=args.output, base_limit=args.base_limit)
     return 0
@@ -277,7 +277,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import shlex
     from pathlib import Path
 
-    from lorakit.compare.run import Task, parse_methods, run_compare
+    from lorakit.cli.compare import Task, parse_methods, run_compare
 
     tasks: list[Task] = ["knowledge", "format"] if args.task == "both" else [args.task]
     output = Path(args.output or ("runs/compare-quick" if args.quick else "runs/compare"))

@@ -1,0 +1,1 @@
+"""Getting a trained adapter out: merged model folders (``merge``)."""
