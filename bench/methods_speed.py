@@ -31,24 +31,14 @@ RESULTS = Path(__file__).resolve().parent / "results" / "methods.json"
 
 def run_one(method: str, steps: int, batch_size: int, seq_len: int, precision: str) -> dict[str, float]:
     import lorakit
-    from lorakit.loss import token_loss_sum
-    from lorakit.memory import fix_mmap_threshold
-    from lorakit.train.loop import prepare_for_training
+    from lorakit.cli.process import fix_mmap_threshold
 
     fix_mmap_threshold()  # as lorakit train does
-    torch.manual_seed(0)
     model, _ = lorakit.load_model(quantize="nf4" if method == "qlora" else None)
-    config: lorakit.LoraConfig | lorakit.IA3Config
-    if method == "ia3":
-        config = lorakit.IA3Config()
-    else:
-        config = lorakit.LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", use_dora=method == "dora")
-    lorakit.add_adapter(model, config)
-    dtype = torch.bfloat16 if precision == "bf16" else None
-    prepare_for_training(model, dtype, checkpointing=False)  # frozen weights stored in the compute dtype
-    model.train()
-    trainable, _ = lorakit.count_parameters(model)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    config = lorakit.TrainConfig(method=method, r=16, lora_alpha=32, precision=precision, lr=1e-4,  # type: ignore[arg-type]
+                                 max_steps=steps + 1, warmup_steps=0)  # fmt: skip
+    trainer = lorakit.Trainer(model, None, config)  # lorakit train's step, adapter and precision rules
+    trainable = trainer.trainable
     vocab = model.config.vocab_size
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, vocab, (batch_size, seq_len), generator=gen) for _ in range(steps + 1)]
@@ -56,11 +46,7 @@ def run_one(method: str, steps: int, batch_size: int, seq_len: int, precision: s
     for step, ids in enumerate(batches):
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            loss = token_loss_sum(model, batch) / ids[:, 1:].numel()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        trainer.step(batch)
         if step > 0:  # the first step pays for allocations and kernel selection
             times.append(time.perf_counter() - start)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -23,12 +23,14 @@ from pathlib import Path
 
 STEPS = 3
 RUNTIME = """
-import os, lorakit.train.loop as loop
+import os
+from lorakit.data.jsonl import read_jsonl
 from lorakit.data.tokenize import tokenize_dataset
+from lorakit.tasks.contacts import builtin_path
 from transformers import AutoTokenizer
 from lorakit.models import builtin_model_dir
 tok = AutoTokenizer.from_pretrained(builtin_model_dir())
-examples, _ = tokenize_dataset(tok, loop.read_dataset(None)[1], 384)
+examples, _ = tokenize_dataset(tok, read_jsonl(builtin_path("train")), 384)
 print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS')) * 1024)
 """
 
@@ -68,9 +70,11 @@ def measure_train(output: str) -> dict[str, int]:
 
 def largest_batch() -> tuple[int, int, int]:
     """(batch size, padded length, label tokens) of the largest micro-batch among the first STEPS."""
+    from lorakit.data.jsonl import read_jsonl
     from lorakit.data.tokenize import tokenize_dataset
+    from lorakit.tasks.contacts import builtin_path
     from lorakit.train.config import TrainConfig
-    from lorakit.train.loop import MicroBatches, read_dataset
+    from lorakit.train.trainer import MicroBatches
 
     config = TrainConfig()
     from transformers import AutoTokenizer
@@ -78,7 +82,7 @@ def largest_batch() -> tuple[int, int, int]:
     from lorakit.models import builtin_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(builtin_model_dir())
-    examples, _ = tokenize_dataset(tokenizer, read_dataset(None)[1], config.seq_len)
+    examples, _ = tokenize_dataset(tokenizer, read_jsonl(builtin_path("train")), config.seq_len)
     pad_id = tokenizer.pad_token_id or tokenizer.eos_token_id
     batches = MicroBatches(
         examples, config.batch_size, config.seed, pad_id, pad_to_multiple_of=config.pad_to_multiple_of

@@ -56,12 +56,12 @@ def _reset_peak() -> bool:
 def child(name: str, batch_size: int, steps: int) -> dict[str, object]:
     import lorakit
     from lorakit.adapters import adapter_modules
+    from lorakit.cli.process import fix_mmap_threshold, loading_heap
     from lorakit.data.batching import batch_order, collate
     from lorakit.data.jsonl import read_jsonl
     from lorakit.data.tokenize import tokenize_dataset
     from lorakit.layers import weight_of
-    from lorakit.loss import token_loss_sum
-    from lorakit.memory import heap_in_use_mib, loading_heap
+    from lorakit.memory import heap_in_use_mib
     from lorakit.quant import quantized_bytes
     from lorakit.tasks.contacts import builtin_path
 
@@ -79,19 +79,18 @@ def child(name: str, batch_size: int, steps: int) -> dict[str, object]:
     weight_numel = sum(weight_of(m).numel() for m in wrapped)
     order = batch_order([len(e.input_ids) for e in examples], batch_size, 0, 0)
     batch = collate([examples[i] for i in order[0]], tokenizer.pad_token_id)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, foreach=False)
-    model.train()
+    fix_mmap_threshold()
+    config = lorakit.TrainConfig(r=16, lora_alpha=32, lr=1e-4, precision="bf16", max_steps=steps, warmup_steps=0)
+    trainer = lorakit.Trainer(model, tokenizer, config)  # lorakit train's step; the adapter is already there
+    in_use: list[float | None] = []
+    # the decoder's output: the activations are all held here (the head's loss runs in chunks after it)
+    model.get_decoder().register_forward_hook(lambda *_: in_use.append(heap_in_use_mib()))
     rss_before = _status_kib("VmRSS")
     can_reset = _reset_peak()
-    times, in_use = [], []
+    times, loss = [], float("nan")
     for _ in range(steps):
         t = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = token_loss_sum(model, batch) / int((batch["labels"][:, 1:] != -100).sum())
-        in_use.append(heap_in_use_mib())  # the activations are all held here: the live peak, near enough
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss = trainer.step(batch)["loss"]
         times.append(time.perf_counter() - t)
     return {
         "name": name, "weight_bytes": weight_bytes, "weight_numel": weight_numel,
@@ -99,7 +98,7 @@ def child(name: str, batch_size: int, steps: int) -> dict[str, object]:
         "step_peak_mib": (_status_kib("VmHWM") or 0) / 1024 if can_reset else None,
         "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "live_mib": max(in_use) if None not in in_use else None,
-        "load_seconds": load_seconds, "step_seconds": min(times), "loss": float(loss.detach()),
+        "load_seconds": load_seconds, "step_seconds": min(times), "loss": loss,
     }  # fmt: skip
 
 

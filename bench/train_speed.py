@@ -52,22 +52,18 @@ def setup(method: str, precision: str, ckpt: bool, quick: bool) -> tuple[Callabl
     model, batch = workload(quick)
     tokens = int(batch["attention_mask"].sum())
     autocast: torch.dtype | None = torch.bfloat16 if precision == "bf16" else None
-    if method == "lorakit":
-        from lorakit.adapters import add_adapter
-        from lorakit.loss import token_loss_sum
+    if method == "lorakit":  # lorakit train's own step: lorakit.Trainer.step
         from lorakit.train.config import TrainConfig
-        from lorakit.train.loop import prepare_for_training, resolve_precision
-        from lorakit.train.optim import build_optimizer
+        from lorakit.train.trainer import Trainer
 
-        config = TrainConfig(precision=precision, gradient_checkpointing=ckpt, r=R, lora_alpha=ALPHA)  # type: ignore[arg-type]
-        autocast = resolve_precision(config.precision, torch.device("cpu"))
-        add_adapter(model, config.lora_config())
-        prepare_for_training(model, autocast, ckpt)
-        optimizer: torch.optim.Optimizer = build_optimizer(model, config)
-        n_labels = int((batch["labels"][:, 1:] != -100).sum())
+        config = TrainConfig(precision=precision, gradient_checkpointing=ckpt, r=R, lora_alpha=ALPHA,  # type: ignore[arg-type]
+                             max_steps=10**6, warmup_steps=0)  # fmt: skip
+        trainer = Trainer(model, None, config)
 
-        def loss_fn() -> torch.Tensor:
-            return token_loss_sum(model, batch) / n_labels
+        def trainer_step() -> None:
+            trainer.step(batch)
+
+        return trainer_step, tokens, "bf16" if trainer.autocast else "fp32", trainer.trainable
     else:
         if ckpt:
             _hf_checkpointing(model)
@@ -212,8 +208,7 @@ def _write(runs: dict[str, list[dict[str, Any]]], peaks: dict[str, float], args:
         "checkpoint recomputation included), so lorakit's skipped work (head only on label positions, shared "
         "prompt prefix once per batch) is not counted as work done. 'vs' columns compare at the "
         "same checkpointing setting (a '+ ckpt' row against the '+ ckpt' reference). lorakit rows run "
-        "lorakit.train's step (token_loss_sum, build_optimizer, "
-        "prepare_for_training); peft and full FT use transformers' loss with a plain torch loop."
+        "lorakit.Trainer.step (lorakit train's step); peft and full FT use transformers' loss with a plain torch loop."
     )
     if getattr(args, "kept", None):
         notes += f" Rows kept from an earlier run of this script (--keep): {', '.join(args.kept)}."

@@ -2,15 +2,18 @@
 
 ```python
 import lorakit
-model, tokenizer = lorakit.load_model()                  # the built-in SmolLM2-135M-Instruct
-model = lorakit.add_adapter(model, lorakit.LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
-...train...
-lorakit.save_adapter(model, "my-adapter")                # adapter_config.json + adapter_model.safetensors
+model, tokenizer = lorakit.load_model()                  # the built-in SmolLM2-135M-Instruct, or any model you hold
+trainer = lorakit.Trainer(model, tokenizer, lorakit.TrainConfig(r=16, lora_alpha=32, max_steps=100))
+trainer.fit("my.jsonl")                                  # or a list of chat / prompt-completion records
+lorakit.save_adapter(trainer.model, "my-adapter")        # adapter_config.json + adapter_model.safetensors
 ```
+
+Importing it changes nothing in the process: no allocator settings, no registries, no RNG seeding.
 """
 
 from __future__ import annotations
 
+from lorakit._version import __version__
 from lorakit.adapters import (
     add_adapter,
     count_parameters,
@@ -27,8 +30,8 @@ from lorakit.io import load_adapter, save_adapter
 from lorakit.methods.combine import combine_adapters
 from lorakit.methods.mixed import row_adapters
 from lorakit.models import load_model
-
-__version__ = "0.1.0"
+from lorakit.train.config import TrainConfig
+from lorakit.train.trainer import Trainer, TrainResult
 
 __all__ = [
     "AdapterError",
@@ -37,6 +40,9 @@ __all__ = [
     "LoraConfig",
     "LorakitError",
     "ModelError",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
     "__version__",
     "add_adapter",
     "combine_adapters",

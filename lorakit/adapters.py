@@ -38,12 +38,6 @@ def adapter_modules(model: nn.Module) -> Iterator[tuple[str, AdapterModule]]:
             yield name, module
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 def _check_known(model: nn.Module, names: Sequence[str]) -> None:
     known = adapter_configs(model)
     for name in names:
@@ -104,12 +98,12 @@ def add_adapter(model: nn.Module, config: AdapterConfig, name: str = "default") 
             layer = _add_ia3(module, module_name, config, name)
         else:
             layer = _add_lora(module, module_name, config, name)
-        _set_submodule(model, module_name, layer)
+        model.set_submodule(module_name, layer)
     for module_name in _modules_to_save_names(model, config):
         wrapper = model.get_submodule(module_name)
         if not isinstance(wrapper, ModulesToSave):
             wrapper = ModulesToSave(wrapper)
-            _set_submodule(model, module_name, wrapper)
+            model.set_submodule(module_name, wrapper)
         wrapper.add(name)
     configs[name] = config
     set_adapters(model, [name])
@@ -234,7 +228,7 @@ def delete_adapter(model: nn.Module, name: str) -> None:
         module.remove(name)
         if not module.adapter_names:
             plain = module.base_layer if isinstance(module, LoraLayer) else module.original_module
-            _set_submodule(model, module_name, plain)
+            model.set_submodule(module_name, plain)
     del adapter_configs(model)[name]
 
 
@@ -276,6 +270,6 @@ def unload(model: nn.Module, merge: bool = True) -> nn.Module:
         else:
             active = [n for n in module.active_adapters if n in module.modules_to_save]
             plain = module.modules_to_save[active[0]] if merge and active else module.original_module
-        _set_submodule(model, module_name, plain)
+        model.set_submodule(module_name, plain)
     model.__dict__.pop(CONFIGS_ATTR, None)
     return model

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,7 +27,8 @@ from lorakit.adapters import (
     set_adapters,
 )
 from lorakit.config import AdapterConfig, LoraConfig, config_from_peft_dict
-from lorakit.errors import AdapterError, DiskFullError, is_disk_full
+from lorakit.errors import AdapterError
+from lorakit.files import atomic_write
 from lorakit.layers import LoraLayer
 from lorakit.methods.inits import convert_to_lora
 
@@ -75,30 +74,6 @@ def adapter_tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
 def _is_peft_artifact(key: str) -> bool:
     """Keys peft writes for ``bias="all"`` beside modules_to_save, which name no real weight of the adapter."""
     return ".original_module." in key or ".modules_to_save." in key
-
-
-def atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """``write(temporary_path)`` in the same folder, fsync, then rename: a crash leaves the old file or the new.
-
-    A full disk raises ``DiskFullError`` (one line for the user) and leaves the old file as it was.
-    """
-    tmp: str | None = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except Exception as err:  # safetensors wraps the OSError in an exception type of its own
-        if is_disk_full(err):
-            raise DiskFullError(
-                f"{path}: no room left on the device to write it (any previous file is untouched)"
-            ) from None
-        raise
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def adapter_dir(path: str | os.PathLike[str], name: str) -> Path:

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.lora_fn import lora_product
-from lorakit.quant import QuantLinear, dequantized_linear
 
 InitMode = bool | str
 
@@ -52,8 +51,21 @@ def linear_shape(base_layer: nn.Module, fan_in_fan_out: bool) -> tuple[bool, int
     return (transposed, out_features, in_features) if transposed else (transposed, in_features, out_features)
 
 
+def is_quantized_linear(module: nn.Module) -> bool:
+    """A frozen Linear with a quantised weight (``lorakit.quant.QuantLinear``), known by what it can do: give a
+    float ``nn.Linear`` of its weights (``dequantized()``). Duck-typed, so this module needs no quantisation code."""
+    return callable(getattr(module, "dequantized", None)) and hasattr(module, "in_features")
+
+
+def output_head(model: nn.Module) -> nn.Module | None:
+    """A causal LM's output head (``get_output_embeddings()``), or None for a model without one."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return head if isinstance(head, nn.Module) else None
+
+
 def is_linear_like(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, QuantLinear)) or is_gpt2_conv1d(module)
+    return isinstance(module, nn.Linear) or is_quantized_linear(module) or is_gpt2_conv1d(module)
 
 
 def _adapter_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -126,10 +138,10 @@ class LoraLayer(nn.Module):
 
     def merge(self, names: list[str], safe: bool = False) -> None:
         """``W += scaling * B A`` for each adapter in ``names`` it holds, summed in float32 and cast back."""
-        if isinstance(self.base_layer, QuantLinear) and any(n in self.r for n in names):
+        if is_quantized_linear(self.base_layer) and any(n in self.r for n in names):
             # Never re-quantise a merged weight (that loses what the adapter learned): merge into a de-quantised
             # copy, which stays in float from then on.
-            self.base_layer = dequantized_linear(self.base_layer)
+            self.base_layer = self.base_layer.dequantized()  # type: ignore[operator]
         weight = weight_of(self.base_layer)
         for name in names:
             if name not in self.r or name in self.merged_adapters:

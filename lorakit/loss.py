@@ -9,6 +9,7 @@ cross-entropy runs over those positions in chunks, each chunk's gradient compute
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Any
 
@@ -16,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = -100
+from lorakit.data.tokenize import IGNORE_INDEX
+from lorakit.layers import output_head
+
 MIN_SHARED_PREFIX = 8  # below this, a separate prefix pass costs more than it saves
 HEAD_CHUNK = 256  # label positions per head chunk: 256 x 49,152 fp32 logits are 50 MB (not 201 MB per 4 x 256 batch)
 HEAD_ROWS_MULTIPLE = 64  # the last chunk is padded to a multiple of this: a handful of shapes over a run, not one per
@@ -27,8 +30,7 @@ def _backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """(decoder returning hidden states, output head) of a transformers causal LM, when it has the usual shape."""
     prefix = getattr(model, "base_model_prefix", None)
     backbone = getattr(model, prefix, None) if isinstance(prefix, str) else None
-    get_head = getattr(model, "get_output_embeddings", None)
-    head = get_head() if callable(get_head) else None
+    head = output_head(model)
     config = getattr(model, "config", None)
     # Models that post-process logits (soft-capping, scaling) need their own forward.
     special = any(getattr(config, k, None) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
@@ -177,3 +179,32 @@ def head_cross_entropy_sum(
     return _ChunkedHeadCrossEntropy.apply(  # type: ignore[no-any-return]
         hidden, weight, bias, targets, dtype, chunk, rows_multiple
     )
+
+
+def label_count(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens of ``batch`` that carry a loss: positions 1.. whose label is not IGNORE_INDEX (the first token has
+    nothing before it to predict it from)."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+def autocast(dtype: torch.dtype | None, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Autocast on the device the model runs on (CPU or CUDA), or nothing for fp32."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def mean_token_loss(
+    model: nn.Module,
+    batches: list[dict[str, torch.Tensor]],
+    autocast_dtype: torch.dtype | None,
+    loss_sum: nn.Module | None = None,
+) -> float:
+    """Mean label-token loss over ``batches`` (dropout off); ``loss_sum`` is a wrapped model's loss module."""
+    was_training = model.training
+    model.eval()
+    total = count = 0.0
+    with torch.no_grad(), autocast(autocast_dtype, next(model.parameters()).device):
+        for batch in batches:
+            total += float(loss_sum(batch) if loss_sum is not None else token_loss_sum(model, batch))
+            count += label_count(batch)
+    model.train(was_training)
+    return total / max(count, 1)

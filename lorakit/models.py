@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import torch
 
 from lorakit.errors import ModelError
+from lorakit.files import atomic_folder
 from lorakit.quant import SCHEMES, Scheme, quantize_model
 from lorakit.quant.backends import TORCHAO_IMPORT_LOGGERS, quiet_logs
 
@@ -62,20 +61,15 @@ def builtin_model_dir() -> Path:
     if (target / "config.json").exists():
         return target
     gguf = builtin_gguf()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{BUILTIN_NAME}."))
     try:
-        model, tokenizer = _load_gguf(gguf, torch.float32)
-        model.config._name_or_path = BUILTIN_NAME
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_folder(target, what="the converted built-in model") as tmp:
+            model, tokenizer = _load_gguf(gguf, torch.float32)
+            model.config._name_or_path = BUILTIN_NAME
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    except OSError:
+        if not (target / "config.json").exists():  # another process won the race: use its copy
+            raise
     return target
 
 
@@ -104,6 +98,18 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     return DTYPES[dtype]
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``, or None for plain fp32. "auto" takes bf16 where the
+    hardware runs it fast."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
 
 
 def load_model(

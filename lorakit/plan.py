@@ -27,10 +27,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lorakit.config import LoraConfig
+from lorakit.config import AdapterConfig, IA3Config, LoraConfig
 from lorakit.errors import LorakitError
-from lorakit.layers import is_gpt2_conv1d, is_linear_like, weight_of
-from lorakit.targeting import resolve_config, select_modules
+from lorakit.layers import is_gpt2_conv1d, is_linear_like, output_head, weight_of
+from lorakit.models import is_builtin
+from lorakit.targeting import FEEDFORWARD_NAMES, ia3_config, parse_target_modules, resolve_config, select_modules
 
 Method = Literal["lora", "dora", "qlora", "ia3", "full"]
 PlanPrecision = Literal["fp32", "bf16", "fp16", "autocast"]
@@ -64,12 +65,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "hidden_act": "gelu",
     },
 }  # fmt: skip
-BUILTIN_ALIASES = ("smollm2-135m-instruct", "huggingfacetb/smollm2-135m-instruct")
 
-# IA3's defaults (peft's for Llama-like models): keys, values and the feed-forward down-projection, whose
-# vector scales its input rather than its output.
-IA3_TARGETS = ("k_proj", "v_proj", "down_proj", "fc2", "c_proj", "dense_4h_to_h", "w2")
-FEEDFORWARD_DOWN = re.compile(r"(.*\.)?(down_proj|fc2|dense_4h_to_h|w2|mlp\.c_proj)$")
 NF4_BYTES = 4.127 / 8  # 4-bit codes + an fp8 absmax per 64 weights + an fp32 constant per 256 absmax (QLoRA)
 ASSUMPTIONS = (
     "AdamW with two fp32 states per trainable parameter; adapters (and their gradients) in fp32 except with "
@@ -138,9 +134,7 @@ def model_config(spec: str | None) -> Any:
     """A transformers config from a preset name, the built-in model (None), a config.json or a model folder."""
     from transformers import AutoConfig
 
-    name = (spec or "smollm2-135m").lower()
-    if name in BUILTIN_ALIASES:
-        name = "smollm2-135m"
+    name = "smollm2-135m" if is_builtin(spec) else str(spec).lower()
     if name in PRESETS:
         values = dict(PRESETS[name])
         return AutoConfig.for_model(values.pop("model_type"), **values)
@@ -180,25 +174,32 @@ def targets_of(model: nn.Module, method: Method, target_modules: str) -> list[st
     """The modules a method adapts, by lorakit's targeting (empty for full fine-tuning)."""
     if method == "full":
         return []
-    if method == "ia3" and target_modules == "all-linear":
-        leaves = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if is_linear_like(m)}
-        chosen = tuple(t for t in IA3_TARGETS if t in leaves)
-        return select_modules(model, resolve_config(LoraConfig(target_modules=chosen), model))
-    spec: tuple[str, ...] | str = target_modules
-    if target_modules != "all-linear" and re.fullmatch(r"[\w.,\s-]+", target_modules):
-        spec = tuple(t.strip() for t in target_modules.split(",") if t.strip())
-    return select_modules(model, resolve_config(LoraConfig(target_modules=spec), model))
+    return select_modules(model, _method_config(model, method, target_modules))
 
 
-def count_trainable(model: nn.Module, method: Method, targets: list[str], r: int) -> int:
+def _feedforward_down(name: str) -> bool:
+    return any(name == n or name.endswith("." + n) for n in FEEDFORWARD_NAMES)
+
+
+def _method_config(model: nn.Module, method: Method, target_modules: str) -> AdapterConfig:
+    """The adapter config training would use (``lorakit train``'s rules, through lorakit.targeting)."""
+    if method == "ia3":
+        return resolve_config(ia3_config(target_modules), model)
+    return resolve_config(LoraConfig(target_modules=parse_target_modules(target_modules)), model)
+
+
+def count_trainable(
+    model: nn.Module, method: Method, targets: list[str], r: int, target_modules: str = "all-linear"
+) -> int:
     """Exact trainable parameters: LoRA r*(in+out) per target; DoRA adds a magnitude of out; IA3 one vector."""
     if method == "full":
         return sum(p.numel() for p in model.parameters())
+    ia3 = _method_config(model, method, target_modules) if method == "ia3" else None
     count = 0
     for name in targets:
         fan_in, fan_out = _in_out(model.get_submodule(name))
         if method == "ia3":
-            count += fan_in if FEEDFORWARD_DOWN.fullmatch(name) else fan_out
+            count += fan_in if isinstance(ia3, IA3Config) and ia3.is_feedforward(name) else fan_out
         else:
             count += r * (fan_in + fan_out) + (fan_out if method == "dora" else 0)
     return count
@@ -248,7 +249,7 @@ def _layer_bytes(model: nn.Module, config: Any, method: Method, targets: list[st
         trained = method == "full" or (name in target_set and method != "ia3")
         if trained:
             group = (name.rsplit(".", 2)[-2], fan_in) if s.precision != "autocast" else (name, fan_in)
-            if FEEDFORWARD_DOWN.fullmatch(name) or name.endswith(("o_proj", "out_proj", "dense")):
+            if _feedforward_down(name) or name.endswith(("o_proj", "out_proj", "dense")):
                 group = (name, fan_in)
             if group not in shared:
                 shared.add(group)
@@ -256,14 +257,13 @@ def _layer_bytes(model: nn.Module, config: Any, method: Method, targets: list[st
         if name in target_set and method in ("lora", "qlora", "dora"):
             saved += s.r * act + (2 * fan_out * act if method == "dora" else 0)
         if name in target_set and method == "ia3":
-            saved += (fan_in if FEEDFORWARD_DOWN.fullmatch(name) else fan_out) * act
+            saved += (fan_in if _feedforward_down(name) else fan_out) * act
     return norms + core + saved
 
 
 def _linear_params(model: nn.Module, with_head: bool = True) -> int:
     """Parameters of the linear layers; with the output head, which also gets an autocast copy."""
-    get_head = getattr(model, "get_output_embeddings", None)
-    head = get_head() if callable(get_head) else None
+    head = output_head(model)
     seen: set[int] = set()
     total = 0
     for module in model.modules():
@@ -325,7 +325,7 @@ def plan_methods(spec: str | None, settings: PlanSettings, methods: tuple[Method
     plans: dict[str, MethodPlan] = {}
     for method in methods:
         targets = targets_of(model, method, settings.target_modules)
-        trainable = count_trainable(model, method, targets, settings.r)
+        trainable = count_trainable(model, method, targets, settings.r, settings.target_modules)
         per_target = {"lora": 2, "qlora": 2, "dora": 3, "ia3": 1}.get(method, 0)
         n_tensors = len(list(model.parameters())) if method == "full" else per_target * len(targets)
         memory = estimate_memory(model, config, method, trainable, targets, settings)

@@ -17,7 +17,7 @@ from torch import nn
 
 from lorakit.config import AdapterConfig, IA3Config
 from lorakit.errors import AdapterError
-from lorakit.layers import LoraLayer, is_linear_like, wrapper_for
+from lorakit.layers import LoraLayer, is_linear_like, output_head, wrapper_for
 
 ALL_LINEAR = "all-linear"
 # Modules inside a wrapper (``q_proj.base_layer``, ``q_proj.lora_A.default``) are never targets of their own.
@@ -35,6 +35,27 @@ IA3_DEFAULT_TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     **{t: (("k_proj", "v_proj", "down_proj"), ("down_proj",)) for t in ("llama", "mistral", "qwen2", "gemma")},
     "gpt2": (("c_attn", "mlp.c_proj"), ("mlp.c_proj",)),
 }
+# Names of feed-forward output projections, whose *input* IA3 scales (llama/mistral/qwen, GPT-2, OPT, Mixtral,
+# GPT-NeoX): used when the user names IA3's targets and leaves its feed-forward modules to lorakit.
+FEEDFORWARD_NAMES = ("down_proj", "mlp.c_proj", "fc2", "w2", "dense_4h_to_h")
+
+
+def parse_target_modules(text: str) -> tuple[str, ...] | str:
+    """``--target-modules`` as the configs take it: "all-linear", a comma list (a tuple of names) or one regex."""
+    if text != ALL_LINEAR and re.fullmatch(r"[\w.,\s-]+", text):
+        return tuple(t.strip() for t in text.split(",") if t.strip())
+    return text
+
+
+def ia3_config(target_modules: str = ALL_LINEAR) -> IA3Config:
+    """The IA3 config ``--method ia3 --target-modules ...`` describes: all-linear means peft's IA3 defaults for
+    the model type (keys, values, the feed-forward down projection); named targets that end in a feed-forward
+    output projection's name scale their input."""
+    targets = parse_target_modules(target_modules)
+    if targets == ALL_LINEAR:
+        return IA3Config(task_type="CAUSAL_LM")
+    feedforward = tuple(t for t in targets if t.endswith(FEEDFORWARD_NAMES)) if isinstance(targets, tuple) else None
+    return IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type="CAUSAL_LM")
 
 
 def _matches(pattern: tuple[str, ...] | str, name: str) -> bool:
@@ -116,8 +137,7 @@ def resolve_config(config: AdapterConfig, model: nn.Module) -> AdapterConfig:
 
 
 def _output_layer_name(model: nn.Module) -> str | None:
-    get_output = getattr(model, "get_output_embeddings", None)
-    head = get_output() if callable(get_output) else None
+    head = output_head(model)
     if head is None:
         return None
     return next((name for name, module in model.named_modules() if module is head), None)

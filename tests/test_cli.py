@@ -70,13 +70,15 @@ def test_missing_adapter(tmp_path: Path) -> None:
 def test_yaml_config_and_flags_combine(tmp_path: Path) -> None:
     import argparse
 
-    from lorakit.cli import build_parser, train_config_from
+    from lorakit.cli import build_parser
+    from lorakit.cli.common import train_config_from
+    from lorakit.cli.train import RunConfig
 
     config = tmp_path / "c.yaml"
     config.write_text("lora-alpha: 64\nr: 4\nmax_steps: 7\n")
     args = build_parser().parse_args(["train", "--config", str(config), "--r", "8"])
     assert isinstance(args, argparse.Namespace)
-    cfg = train_config_from(args)
+    cfg = train_config_from(args, RunConfig)
     assert (cfg.lora_alpha, cfg.r, cfg.max_steps, cfg.lr) == (64, 8, 7, 1e-3)
 
 
@@ -86,9 +88,11 @@ def _example_configs() -> list[Path]:
 
 @pytest.mark.parametrize("path", _example_configs(), ids=lambda p: p.name)
 def test_shipped_example_configs_load(path: Path) -> None:
-    from lorakit.cli import build_parser, train_config_from
+    from lorakit.cli import build_parser
+    from lorakit.cli.common import train_config_from
+    from lorakit.cli.train import RunConfig
 
-    train_config_from(build_parser().parse_args(["train", "--config", str(path)]))
+    train_config_from(build_parser().parse_args(["train", "--config", str(path)]), RunConfig)
 
 
 def test_merge_export_loads_in_plain_transformers(tiny_model_dir: Path, tmp_path: Path) -> None:

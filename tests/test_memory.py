@@ -16,7 +16,8 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallo
 
 PRELUDE = """
 import ctypes, json
-from lorakit.memory import fix_mmap_threshold, heap_in_use_mib, loading_heap
+from lorakit.cli.process import fix_mmap_threshold, loading_heap
+from lorakit.memory import heap_in_use_mib
 
 libc = ctypes.CDLL("libc.so.6")
 class Info(ctypes.Structure):

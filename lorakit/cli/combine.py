@@ -6,17 +6,20 @@ loaded, so a mistake costs no loading time and leaves nothing written.
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import lorakit
 from lorakit.adapters import adapter_configs
+from lorakit.cli.common import positive, trust_remote_code_flag
 from lorakit.config import IA3Config, LoraConfig
 from lorakit.errors import LorakitError
-from lorakit.io import CONFIG_NAME, WEIGHTS_NAME, find_adapter_folder, read_adapter_config
-from lorakit.methods.combine import CombineMethod, max_rank
+from lorakit.io import CONFIG_NAME, WEIGHTS_NAME, find_adapter_folder, load_adapter, read_adapter_config, save_adapter
+from lorakit.methods.combine import CombineMethod, combine_adapters, max_rank, not_combinable, unequal_ranks
+from lorakit.models import load_model
 
 COMBINED = "default"  # save_adapter writes the "default" adapter straight into the output folder
 
@@ -52,25 +55,11 @@ def _check_combinable(folders: list[Path], method: CombineMethod) -> None:
         listed = ", ".join(f"{f} ({kind})" for f, kind in zip(folders, kinds, strict=True))
         raise LorakitError(f"--adapter: cannot combine adapters of different kinds: {listed}")
     for folder, config in zip(folders, configs, strict=True):
-        if isinstance(config, IA3Config):
-            raise LorakitError(f"{folder}: an IA3 adapter; lorakit combine combines LoRA adapters only")
-        assert isinstance(config, LoraConfig)
-        if config.use_dora:
-            # A DoRA layer's output is magnitude * (W + BA) / ||W + BA||: weighted sums of the B A's say nothing
-            # about the combined magnitude vector. (peft 0.21 accepts DoRA here but keeps the magnitude computed
-            # when the new adapter was created, before its A and B are filled: weights 1,0 do not give back the
-            # first adapter.)
-            raise LorakitError(
-                f"{folder}: a DoRA adapter (use_dora); its magnitude vector does not combine, so lorakit combine "
-                "takes plain LoRA adapters only (lorakit merge can bake a DoRA adapter into the base instead)"
-            )
-        if config.modules_to_save:
-            raise LorakitError(
-                f"{folder}: has modules_to_save {list(config.modules_to_save)}; lorakit combine combines the "
-                "low-rank weights of plain LoRA adapters only"
-            )
+        problem = not_combinable(config)
+        if problem is not None:
+            raise LorakitError(f"{folder}: {problem}")
     ranks = [max_rank(c) for c in configs if isinstance(c, LoraConfig)]  # all are, after the loop above
-    if method == "linear" and len(set(ranks)) > 1:
+    if unequal_ranks(ranks, method):
         listed = ", ".join(f"r={r} ({f})" for f, r in zip(folders, ranks, strict=True))
         raise LorakitError(f"--method linear needs adapters of one rank, got {listed}; use --method cat or svd")
 
@@ -109,13 +98,39 @@ def combine_to_folder(
     folders = [find_adapter_folder(a) for a in adapters]
     _check_combinable(folders, method if len(folders) > 1 else "linear")
 
-    model, _ = lorakit.load_model(model_name, trust_remote_code=trust_remote_code)
+    model, _ = load_model(model_name, trust_remote_code=trust_remote_code)
     names = [f"input{i}" for i in range(len(folders))]
     for name, adapter_folder in zip(names, folders, strict=True):
-        lorakit.load_adapter(model, adapter_folder, name)
+        load_adapter(model, adapter_folder, name)
     used: CombineMethod = "linear" if len(names) == 1 else method  # as combine_adapters (and peft) do
-    lorakit.combine_adapters(model, names, weights, COMBINED, used, rank=rank)
-    written = lorakit.save_adapter(model, folder, COMBINED)
+    combine_adapters(model, names, weights, COMBINED, used, rank=rank)
+    written = save_adapter(model, folder, COMBINED)
     config = adapter_configs(model)[COMBINED]
     assert isinstance(config, LoraConfig)
     return Combined(written, used, config.r)
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("combine", help="weighted adapters -> one new adapter (cat, linear or svd, as peft)")
+    p.add_argument("--model", help="base model (default: the built-in SmolLM2-135M-Instruct)")
+    p.add_argument("--adapter", action="append", required=True, metavar="DIR", help="an adapter folder (repeat)")
+    p.add_argument("--weights", required=True, help="one weight per --adapter, comma-separated: 0.7,0.3")
+    p.add_argument(
+        "--method",
+        choices=["cat", "linear", "svd"],
+        default="svd",
+        help="cat: exact sum (rank = sum of ranks); svd: best rank --rank; linear: peft's, equal ranks",
+    )
+    p.add_argument("--rank", type=positive, help="--method svd only: the new rank (default: the largest input rank)")
+    p.add_argument("--output", required=True, help="folder for the combined adapter")
+    p.add_argument("--overwrite", action="store_true", help="replace an adapter already in --output")
+    trust_remote_code_flag(p)
+    p.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    done = combine_to_folder(args.model, args.adapter, parse_weights(args.weights), args.output, args.method,
+                             args.rank, args.overwrite, args.trust_remote_code)  # fmt: skip
+    print(f"combined {len(args.adapter)} adapter(s) with method {done.method} into a rank-{done.rank} adapter "
+          f"in {done.folder}/")  # fmt: skip
+    return 0

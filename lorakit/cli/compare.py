@@ -12,6 +12,7 @@ chosen from those ranges, not swept here.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from lorakit.cli.common import positive
 from lorakit.data.jsonl import read_jsonl
 from lorakit.errors import LorakitError
 from lorakit.tasks.contacts import builtin_path as contacts_path
@@ -160,15 +162,16 @@ def train_one(spec: MethodSpec, setup: TaskSetup, model: str | None, output: Pat
 
 def load_trained(model: str | None, spec: MethodSpec | None, folder: Path | None) -> tuple[Any, Any]:
     """The base model, the base plus a trained adapter, or a fully fine-tuned model; ready for inference."""
-    import lorakit
     from lorakit.eval.run import prepare_for_inference
+    from lorakit.io import load_adapter
+    from lorakit.models import load_model
 
     if spec is not None and spec.method == "full" and folder is not None:
-        m, tokenizer = lorakit.load_model(str(folder))
+        m, tokenizer = load_model(str(folder))
     else:
-        m, tokenizer = lorakit.load_model(model)
+        m, tokenizer = load_model(model)
         if spec is not None and folder is not None:
-            lorakit.load_adapter(m, str(folder))
+            load_adapter(m, str(folder))
     return prepare_for_inference(m), tokenizer
 
 
@@ -251,3 +254,27 @@ def run_compare(tasks: list[Task], methods: list[MethodSpec], steps: int | None,
         "minutes": round((time.perf_counter() - started) / 60, 1),
     }  # fmt: skip
     return write_report(output, results, settings, machine(), command)
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("compare", help="LoRA vs full fine-tuning: task score, forgetting, size, memory, time")
+    p.add_argument("--task", choices=["format", "knowledge", "both"], default="both")
+    p.add_argument("--methods", default=DEFAULT_METHODS, help="comma list: full, lora:r=N[:lr=X]")
+    p.add_argument("--steps", type=positive, help="optimiser steps per method (default: per task)")
+    p.add_argument("--quick", action="store_true", help="a few steps on tiny subsets (for tests)")
+    p.add_argument("--limit", type=positive, help="score only the first N test items of each task")
+    p.add_argument("--output", help="folder for report.md, plots and runs (default runs/compare)")
+    p.add_argument("--model", help="base model (default: the built-in SmolLM2-135M-Instruct)")
+    p.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    import shlex
+
+    tasks: list[Task] = ["knowledge", "format"] if args.task == "both" else [args.task]
+    output = Path(args.output or ("runs/compare-quick" if args.quick else "runs/compare"))
+    command = "lorakit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "lorakit compare"
+    report = run_compare(tasks, parse_methods(args.methods), args.steps, args.quick, output, args.model, command,
+                         args.limit)  # fmt: skip
+    print(f"report and plots in {report.parent}/ ({report.name})")
+    return 0

@@ -6,16 +6,19 @@ adapter on the whole split, and print the before/after table and where everythin
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-import lorakit
+from lorakit.cli.common import positive
+from lorakit.cli.train import RunConfig, run
 from lorakit.eval.run import evaluate_contacts, markdown_table, prepare_for_inference, summary, write_json
+from lorakit.io import load_adapter
+from lorakit.models import load_model
 from lorakit.tasks.contacts import SYSTEM_PROMPT
-from lorakit.train.config import TrainConfig
-from lorakit.train.loop import train
 
 
 def run_demo(output: str | None = None, base_limit: int = 100) -> dict[str, dict[str, float]]:
@@ -24,16 +27,16 @@ def run_demo(output: str | None = None, base_limit: int = 100) -> dict[str, dict
     print("lorakit demo: extracting contact details as JSON with SmolLM2-135M-Instruct + LoRA\n")
 
     print(f"1/3 the base model on {base_limit} held-out examples")
-    model, tokenizer = lorakit.load_model()
+    model, tokenizer = load_model()
     base = evaluate_contacts(prepare_for_inference(model), tokenizer, limit=base_limit, desc="base model")
     del model
 
     print("\n2/3 training (lorakit train's defaults)")
-    result = train(TrainConfig(output=output))
+    result = run(RunConfig(output=output))
 
     print("\n3/3 the adapter on the whole held-out split")
-    model, tokenizer = lorakit.load_model()
-    lorakit.load_adapter(model, result.output)
+    model, tokenizer = load_model()
+    load_adapter(model, result.output)
     tuned = evaluate_contacts(prepare_for_inference(model), tokenizer, desc="with adapter")
 
     out = Path(result.output)
@@ -53,3 +56,15 @@ def run_demo(output: str | None = None, base_limit: int = 100) -> dict[str, dict
                "Met Ana Souza from Blue Fern Analytics in Lisbon, ana@bluefern.io"]  # fmt: skip
     print(f"try it: {shlex.join(command)}")
     return rows
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("demo", help="evaluate, train and evaluate again on the built-in contacts task")
+    p.add_argument("--output", help="run folder (default runs/demo-<timestamp>)")
+    p.add_argument("--base-limit", type=positive, default=100, help="held-out examples for the base model")
+    p.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    run_demo(output=args.output, base_limit=args.base_limit)
+    return 0

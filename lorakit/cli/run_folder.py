@@ -1,18 +1,33 @@
-"""What a run leaves for people: ``metrics.jsonl``, ``loss.png`` and a model card (``README.md``)."""
+"""A ``lorakit train`` run folder: its settings (``train_config.json``), ``metrics.jsonl``, ``loss.png``, a model card
+(``README.md``), checkpoints, and ``train_summary.json``, written last, whose presence means the run finished."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from lorakit.io import atomic_write
+from lorakit.files import atomic_write, write_text_atomic
+
+CONFIG_FILE = "train_config.json"  # the run's settings: every flag, as RunConfig.to_dict() gives them
+SUMMARY_FILE = "train_summary.json"  # written last: its presence means the run finished
+INITIAL_ADAPTER = "initial_adapter"  # PiSSA/OLoRA adapter as initialised, before training
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """A text file written through ``lorakit.io.atomic_write``: a crash leaves the old file or the new."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+def trained_quantization(adapter: str | os.PathLike[str]) -> Literal["nf4", "int8"] | None:
+    """How the base was quantised when ``lorakit train`` made the adapter in this folder (or its parent):
+    "nf4"/"int8" for a QLoRA run, None for any other run or a folder without ``train_config.json``."""
+    folder = Path(adapter)
+    for candidate in (folder / CONFIG_FILE, folder.parent / CONFIG_FILE):
+        try:
+            saved = json.loads(candidate.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(saved, dict) or saved.get("method") != "qlora":
+            return None
+        return "int8" if saved.get("bits") == 8 else "nf4"
+    return None
 
 
 class MetricsLog:
@@ -64,10 +79,8 @@ def plot_loss(records: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    atomic_write(path, fig.savefig)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def model_card(info: dict[str, Any]) -> str:
@@ -126,3 +139,16 @@ model = PeftModel.from_pretrained(base_model, "{info["output"]}")
 
 Or merge it into a plain transformers model: `lorakit merge --model {base} --adapter {info["output"]} --output merged/`.
 """
+
+
+class QuietLog(MetricsLog):
+    """The metrics log of ranks other than 0: they train, rank 0 writes."""
+
+    def __init__(self) -> None:
+        pass
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def read(self) -> list[dict[str, Any]]:
+        return []

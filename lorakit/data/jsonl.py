@@ -14,6 +14,7 @@ Two record shapes are accepted (extra keys are ignored):
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,12 @@ def _json_type(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     return "an object"
+
+
+def validate_records(records: Sequence[Any], source: str = "records") -> list[dict]:
+    """Records given in memory, checked and normalised as ``read_jsonl`` checks a file's lines (a mistake names
+    the record's number, counting from 1)."""
+    checked = [_validate_record(value, source, number) for number, value in enumerate(records, start=1)]
+    if not checked:
+        raise DataError(source, "empty dataset: no records")
+    return checked

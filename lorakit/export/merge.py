@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-import lorakit
-from lorakit.errors import DiskFullError, LorakitError, is_disk_full
+from lorakit.adapters import merge_adapters, unload
+from lorakit.errors import LorakitError
+from lorakit.files import atomic_folder
+from lorakit.io import load_adapter
+from lorakit.models import load_model
 from lorakit.quant import Scheme, dequantize_model
 
 
@@ -31,26 +31,15 @@ def merge_to_folder(
     folder = Path(output)
     if folder.exists() and any(folder.iterdir()):
         raise LorakitError(f"{folder}: output folder is not empty")
-    model, tokenizer = lorakit.load_model(model_name, quantize=quantize, trust_remote_code=trust_remote_code)
+    model, tokenizer = load_model(model_name, quantize=quantize, trust_remote_code=trust_remote_code)
     if quantize:
         dequantize_model(model, torch.float32)
         model.to(torch.float32)
-    lorakit.load_adapter(model, adapter)
-    lorakit.merge_adapters(model, safe=safe)
-    plain = lorakit.unload(model, merge=True)
+    load_adapter(model, adapter)
+    merge_adapters(model, safe=safe)
+    plain = unload(model, merge=True)
     # Written beside the destination and renamed into place: a failure (a full disk) leaves no half model.
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-    try:
+    with atomic_folder(folder, what="the merged model") as tmp:
         plain.save_pretrained(tmp)  # type: ignore[operator]  # safetensors
         tokenizer.save_pretrained(tmp)  # includes the chat template
-        if folder.exists():
-            folder.rmdir()  # empty, checked above
-        os.rename(tmp, folder)
-    except Exception as err:
-        if is_disk_full(err):
-            raise DiskFullError(f"{folder}: no room left on the device for the merged model") from None
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from lorakit.adapters import adapter_configs, adapter_modules, add_adapter
-from lorakit.config import IA3Config, LoraConfig
+from lorakit.config import AdapterConfig, IA3Config, LoraConfig
 from lorakit.errors import AdapterError
 from lorakit.layers import Conv, Embedding, Linear, LoraLayer, weight_of
 from lorakit.methods.dora import DoraLinear
@@ -45,11 +45,38 @@ def max_rank(config: LoraConfig) -> int:
     return max(config.r, *config.rank_pattern.values()) if config.rank_pattern else config.r
 
 
+def not_combinable(config: AdapterConfig) -> str | None:
+    """Why ``combine_adapters`` cannot take an adapter with this config (None when it can): the one statement of
+    its rules, worded for users of the library and of ``lorakit combine`` alike."""
+    if isinstance(config, IA3Config):
+        return "an IA3 adapter; adapters combine as plain LoRA adapters only"
+    if config.use_dora:
+        # A DoRA layer's output is magnitude * (W + BA) / ||W + BA||: weighted sums of the B A's say nothing
+        # about the combined magnitude vector. (peft 0.21 accepts DoRA here but keeps the magnitude computed
+        # when the new adapter was created, before its A and B are filled: weights 1,0 do not give back the
+        # first adapter.)
+        return (
+            "a DoRA adapter (use_dora); its magnitude vector does not combine, so adapters combine as plain LoRA "
+            "adapters only (merging can bake a DoRA adapter into the base instead)"
+        )
+    if config.modules_to_save:
+        return (
+            f"has modules_to_save {list(config.modules_to_save)}; adapters combine the low-rank weights of plain "
+            "LoRA adapters only"
+        )
+    return None
+
+
+def unequal_ranks(ranks: Sequence[int], method: CombineMethod) -> bool:
+    """'linear' sums A's and B's entry by entry, so it needs every adapter at one rank."""
+    return method == "linear" and len(set(ranks)) > 1
+
+
 def _combined_config(configs: list[LoraConfig], method: CombineMethod, rank: int | None) -> LoraConfig:
     ranks = [max_rank(c) for c in configs]
+    if unequal_ranks(ranks, method):
+        raise AdapterError(f"method='linear' needs adapters of one rank, got ranks {ranks}; use 'cat' or 'svd'")
     if method == "linear":
-        if len(set(ranks)) != 1:
-            raise AdapterError(f"method='linear' needs adapters of one rank, got ranks {ranks}; use 'cat' or 'svd'")
         new_rank = ranks[0]
     elif method == "cat":
         new_rank = sum(ranks)
@@ -97,9 +124,10 @@ def combine_adapters(
         config = configs.get(adapter)
         if config is None:
             raise AdapterError(f"unknown adapter {adapter!r}; the model has: {', '.join(map(repr, configs)) or 'none'}")
-        if isinstance(config, IA3Config) or config.use_dora or config.modules_to_save:
-            raise AdapterError(f"adapter {adapter!r}: combine_adapters combines plain LoRA adapters only "
-                               "(no IA3, DoRA or modules_to_save)")  # fmt: skip
+        problem = not_combinable(config)
+        if problem is not None:
+            raise AdapterError(f"adapter {adapter!r}: {problem}")
+        assert isinstance(config, LoraConfig)
         chosen.append(config)
     if len(names) == 1:
         method = "linear"  # as peft: one adapter is just rescaled

@@ -5,20 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lorakit.memory import return_free_memory
+from lorakit.layers import output_head
 from lorakit.quant.backends import can_quantize, quantize_weight
-from lorakit.quant.linear import SCHEMES, QuantLinear, Scheme, dequantize
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
-def _output_head(model: nn.Module) -> nn.Module | None:
-    get = getattr(model, "get_output_embeddings", None)
-    head = get() if callable(get) else None
-    return head if isinstance(head, nn.Module) else None
+from lorakit.quant.linear import SCHEMES, QuantLinear, Scheme, Scratch
 
 
 def quantize_model(model: nn.Module, scheme: Scheme) -> list[str]:
@@ -30,7 +19,7 @@ def quantize_model(model: nn.Module, scheme: Scheme) -> list[str]:
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown quantisation {scheme!r}; use one of {', '.join(SCHEMES)}")
-    head = _output_head(model)
+    head = output_head(model)
     names = [
         name
         for name, module in model.named_modules()
@@ -38,11 +27,12 @@ def quantize_model(model: nn.Module, scheme: Scheme) -> list[str]:
     ]
     if any(".lora_A." in n or ".lora_B." in n for n in names):
         raise ValueError("quantise the model before adding LoRA adapters (their Linears must stay in float)")
+    scratch = Scratch()  # one set of de-quantisation buffers for the whole model
     for name in names:
         linear: nn.Linear = model.get_submodule(name)  # type: ignore[assignment]
-        _set_submodule(model, name, QuantLinear(quantize_weight(linear.weight, scheme), linear.bias, scheme))
+        quantized = QuantLinear(quantize_weight(linear.weight, scheme), linear.bias, scheme, scratch)
+        model.set_submodule(name, quantized)
         del linear  # the float weight is freed as soon as the last reference goes
-    return_free_memory()  # the freed float weights: else the training step's peak sits on top of them
     return names
 
 
@@ -51,18 +41,13 @@ def quantized_modules(model: nn.Module) -> dict[str, QuantLinear]:
 
 
 def dequantized_linear(layer: QuantLinear, dtype: torch.dtype | None = None) -> nn.Linear:
-    """A float ``nn.Linear`` holding exactly the de-quantised weight (cast to ``dtype``, default the nominal
-    dtype of the quantised weight), sharing the bias. Merging into this never re-quantises the sum."""
-    weight = dequantize(layer.weight, dtype or layer.weight.dtype)  # (out, in)
-    linear = nn.Linear(layer.in_features, layer.out_features, bias=False, device="meta")
-    linear.weight = nn.Parameter(weight, requires_grad=False)
-    linear.bias = layer.bias  # type: ignore[assignment]  # None when the layer has no bias, as nn.Linear allows
-    return linear
+    """``layer.dequantized(dtype)``: a float ``nn.Linear`` of exactly the de-quantised weight."""
+    return layer.dequantized(dtype)
 
 
 def dequantize_model(model: nn.Module, dtype: torch.dtype | None = None) -> list[str]:
     """Replace every ``QuantLinear`` (wrapped by LoRA or not) by its de-quantised ``nn.Linear``."""
     names = list(quantized_modules(model))
     for name in names:
-        _set_submodule(model, name, dequantized_linear(model.get_submodule(name), dtype))  # type: ignore[arg-type]
+        model.set_submodule(name, dequantized_linear(model.get_submodule(name), dtype))  # type: ignore[arg-type]
     return names

@@ -15,10 +15,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-import lorakit
 from lorakit.adapters import adapter_configs, delete_adapter
 from lorakit.errors import LorakitError
 from lorakit.eval.generate import prompt_ids
+from lorakit.io import load_adapter
 from lorakit.methods.mixed import row_adapters
 from lorakit.serve.engine import Engine, Event, Sampling
 from lorakit.serve.engine import Request as EngineRequest
@@ -55,7 +55,7 @@ class ServerState:
         """Load an adapter (on the engine thread) and check that it can join mixed batches."""
         if name == self.base_name or name in adapter_configs(self.model):
             raise ApiError(409, f"an adapter or model named {name!r} is already loaded", "name")
-        lorakit.load_adapter(self.model, folder, name)
+        load_adapter(self.model, folder, name)
         self.model.eval()  # the new LoRA modules start in training mode (their dropout would be on)
         try:
             with row_adapters(self.model, [name]):

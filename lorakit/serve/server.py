@@ -9,9 +9,8 @@ from typing import Any, Literal
 
 import torch
 
-import lorakit
 from lorakit.errors import LorakitError
-from lorakit.models import BUILTIN_NAME, is_builtin
+from lorakit.models import BUILTIN_NAME, is_builtin, load_model, resolve_precision
 from lorakit.serve.engine import Engine
 
 Dtype = Literal["auto", "fp32", "bf16"]
@@ -40,9 +39,8 @@ def load_engine(
     "auto" is bf16 where the hardware runs it fast (as ``lorakit generate``); adapters stay float32 (they are
     loaded after the cast), so their small updates are computed at full precision.
     """
-    from lorakit.train.loop import resolve_precision
 
-    base, tokenizer = lorakit.load_model(model, trust_remote_code=trust_remote_code)
+    base, tokenizer = load_model(model, trust_remote_code=trust_remote_code)
     weight = next(base.parameters())
     if dtype == "bf16" or (dtype == "auto" and resolve_precision("auto", weight.device) == torch.bfloat16):
         base.to(torch.bfloat16)

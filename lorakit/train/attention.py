@@ -6,14 +6,19 @@ in bf16 and 20-25 ms in fp32 on one thread; measured in a training step, that is
 training runs in bf16 on a CPU, q, k and v are cast to fp32 for the attention (each is (B, heads, T, 64): the
 casts cost far less than they save) and the output is cast back. The projections around it stay in bf16.
 
-This is transformers' own ``sdpa`` attention with the casts around it, registered under a name of its own
-through transformers' ``AttentionInterface`` (the documented way to plug in an attention function); nothing of
-transformers is patched. On other devices, or for fp32 inputs, it is plain ``sdpa``. With a padding mask and
+This is transformers' own ``sdpa`` attention with the casts around it. transformers finds a model's attention
+function by name in a process-wide registry (``AttentionInterface``), so ``fp32_attention(model)`` adds it there
+under a name of its own and switches only that model to it, both only while the block runs (the trainer's forward
+and backward): outside it the registry and the model are as they were, and no other model ever sees it. Nothing
+of transformers is patched. On other devices, or for fp32 inputs, it is plain ``sdpa``. With a padding mask and
 grouped-query attention it calls the kernel in its grouped mode instead of repeating k and v (see below).
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -55,16 +60,44 @@ def sdpa_fp32(
     return out.to(value.dtype), weights
 
 
-def use_fp32_attention(model: nn.Module) -> bool:
-    """Switch a transformers model that uses ``sdpa`` to ``sdpa_fp32``; False (nothing changed) for any other."""
-    config = getattr(model, "config", None)
-    set_implementation = getattr(model, "set_attn_implementation", None)
-    if getattr(config, "_attn_implementation", None) != "sdpa" or not callable(set_implementation):
-        return False
+_users = 0  # blocks inside fp32_attention right now (several trainers, or threads), guarded by _lock
+_lock = threading.Lock()
+
+
+def _register(add: bool) -> None:
+    """Add the name to (or take it out of) transformers' attention and mask registries; the first block in adds,
+    the last one out removes."""
+    global _users
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(NAME, sdpa_fp32)
-    AttentionMaskInterface.register(NAME, sdpa_mask)  # the same masks as sdpa
-    set_implementation(NAME)
-    return True
+    with _lock:
+        _users += 1 if add else -1
+        if add and _users == 1:
+            AttentionInterface._global_mapping[NAME] = sdpa_fp32
+            AttentionMaskInterface._global_mapping[NAME] = sdpa_mask  # the same masks as sdpa
+        elif not add and _users == 0:
+            AttentionInterface._global_mapping.pop(NAME, None)
+            AttentionMaskInterface._global_mapping.pop(NAME, None)
+
+
+def uses_sdpa(model: nn.Module) -> bool:
+    """A transformers model whose attention is ``sdpa`` (the one ``fp32_attention`` can switch)."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) == "sdpa"
+
+
+@contextlib.contextmanager
+def fp32_attention(model: nn.Module) -> Iterator[None]:
+    """Inside the block, ``model`` (a transformers model using ``sdpa``) computes attention with ``sdpa_fp32``;
+    any other model is left alone. Cover the backward too: activation checkpointing re-runs the forward there."""
+    if not uses_sdpa(model):
+        yield
+        return
+    config: Any = model.config
+    _register(add=True)
+    config._attn_implementation = NAME  # the config's setter reaches its sub-configs too
+    try:
+        yield
+    finally:
+        config._attn_implementation = "sdpa"
+        _register(add=False)

@@ -2,19 +2,16 @@
 
 A checkpoint is a folder ``<output>/checkpoints/step-NNNNNN/`` holding the adapter in peft's format (so it
 loads on its own) or, for full fine-tuning (a model without adapters), every trained tensor in
-``model.safetensors``, and ``trainer_state.pt`` (optimiser, scheduler, RNG states, step). It is written into a
-temporary folder, fsynced, and renamed into place: a checkpoint folder that exists is complete. Older ones
-are removed only after the new one is in place.
+``model.safetensors``, and ``trainer_state.pt`` (the trainer's ``state_dict``: optimiser, scheduler, RNG states,
+step). It is written into a temporary folder, fsynced, and renamed into place (``lorakit.files.atomic_folder``):
+a checkpoint folder that exists is complete. Older ones are removed only after the new one is in place.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +20,7 @@ from torch import nn
 
 from lorakit.adapters import adapter_configs
 from lorakit.errors import DiskFullError, LorakitError, is_disk_full
+from lorakit.files import atomic_folder
 from lorakit.io import adapter_tensors, save_adapter
 
 STATE_NAME = "trainer_state.pt"
@@ -34,71 +32,26 @@ def checkpoint_root(output: Path) -> Path:
     return output / "checkpoints"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(
-    output: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    step: int,
-    extra: dict[str, Any] | None = None,
-) -> Path:
+def save_checkpoint(output: Path, model: nn.Module, state: dict[str, Any]) -> Path:
+    """Write ``<output>/checkpoints/step-NNNNNN/``: the trained weights and ``state`` (a trainer's ``state_dict``,
+    which holds ``step``), whole or not at all; only the newest ``KEEP`` are kept."""
     root = checkpoint_root(output)
+    step = int(state["step"])
     final = root / f"step-{step:06d}"
-    tmp: Path | None = None
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
-        _save_weights(model, tmp)
-        state = {
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": rng_state(),
-            "extra": extra or {},
-        }
-        # Serialised in memory first: torch.save straight to a full disk fails with an unrelated message.
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        with open(tmp / STATE_NAME, "wb") as handle:
-            handle.write(buffer.getbuffer())
-            handle.flush()
-            os.fsync(handle.fileno())
-        _fsync_dir(tmp)
-        if final.exists():  # a re-run of the same step after a resume: replace it whole
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_dir(root)
+        # replace: a re-run of the same step after a resume replaces it whole
+        with atomic_folder(final, replace=True) as tmp:
+            _save_weights(model, tmp)
+            # Serialised in memory first: torch.save straight to a full disk fails with an unrelated message.
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            (tmp / STATE_NAME).write_bytes(buffer.getbuffer())
     except (OSError, DiskFullError) as err:
         if not is_disk_full(err) and not isinstance(err, DiskFullError):
             raise
         last = list_checkpoints(output)
         kept = f"the last good checkpoint {last[-1]} is untouched" if last else "no earlier checkpoint exists"
         raise DiskFullError(f"{root}: no room left on the device for the checkpoint of step {step}; {kept}") from None
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
     for old in list_checkpoints(output)[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -142,13 +95,8 @@ def list_checkpoints(output: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.removeprefix("step-")))
 
 
-def load_checkpoint(
-    folder: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> dict[str, Any]:
-    """Restore everything ``save_checkpoint`` wrote; returns the state (``step``, ``extra``)."""
+def load_checkpoint(folder: Path, model: nn.Module) -> dict[str, Any]:
+    """Copy a checkpoint's trained weights into ``model``; returns the state ``save_checkpoint`` wrote with it."""
     from safetensors.torch import load_file
 
     full = not adapter_configs(model)
@@ -158,15 +106,12 @@ def load_checkpoint(
             param.copy_(weights[key])
     # weights_only: the state holds tensors and plain Python values, so nothing executable is unpickled
     try:
-        state = torch.load(folder / STATE_NAME, weights_only=True)
+        state: dict[str, Any] = torch.load(folder / STATE_NAME, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise LorakitError(
             f"{folder / STATE_NAME}: not a lorakit checkpoint state, refused without running it ({reason})"
         ) from None
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
     return state
 
 
@@ -174,5 +119,5 @@ def clean_temporary(output: Path) -> None:
     """Remove what an interrupted checkpoint write left behind."""
     root = checkpoint_root(output)
     if root.is_dir():
-        for p in root.glob(".tmp-*"):
+        for p in root.glob(".*tmp-*"):
             shutil.rmtree(p, ignore_errors=True)

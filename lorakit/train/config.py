@@ -1,45 +1,35 @@
-"""``TrainConfig``: everything ``lorakit train`` needs, as one frozen dataclass.
+"""``TrainConfig``: how to train (method, adapter shape, optimiser, batches, precision), as one frozen dataclass.
 
-Each field is a command-line flag (``--lora-alpha``) and a YAML key (cli.py derives both from the fields and
-their docstrings); validation happens once, in ``__post_init__``, and every message names the flag. The adapter
-configs it builds (``LoraConfig``, ``IA3Config``) live in ``lorakit.config``.
+It holds training fields only: which model, which data, where files go and how often to checkpoint are the
+caller's (``lorakit train`` adds them in ``lorakit.cli.train.RunConfig``). Each field is also a command-line flag
+(``--lora-alpha``) and a YAML key (the CLI derives both from the fields and their docstrings); validation happens
+once, in ``__post_init__``, and every message names the flag. The adapter configs it builds (``LoraConfig``,
+``IA3Config``) live in ``lorakit.config``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
-import os
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-from lorakit.config import AdapterConfig, IA3Config, LoraConfig, is_init_mode
+from lorakit.config import AdapterConfig, LoraConfig, is_init_mode
+from lorakit.targeting import ia3_config, parse_target_modules
 
 Precision = Literal["auto", "fp32", "bf16"]
 Method = Literal["lora", "dora", "ia3", "qlora", "full"]
 METHODS: tuple[str, ...] = ("lora", "dora", "ia3", "qlora", "full")
 Schedule = Literal["cosine", "linear", "constant"]
-CONFIG_FILE = "train_config.json"  # written into every run's output folder
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything ``lorakit train`` needs; each field is a flag (``--lora-alpha``) and a YAML key.
+    """How ``lorakit.Trainer`` trains; each field is a flag (``--lora-alpha``) and a YAML key.
 
-    The defaults are the built-in demo's tuned settings: built-in model, built-in contacts data.
+    The defaults are the built-in demo's tuned settings.
     """
 
-    model: str | None = None
-    """Base model: None for the built-in SmolLM2-135M-Instruct, a folder, a .gguf file or a hub id."""
-    data: str | None = None
-    """Training JSONL (chat ``messages`` or ``prompt``/``completion``); None for the built-in contacts set."""
-    eval_data: str | None = None
-    """Held-out JSONL for the eval loss (``eval_every``); None for none."""
-    output: str | None = None
-    """Output folder; None for ``runs/<timestamp>``."""
     method: Method = "lora"
     """lora, dora (magnitude + direction), ia3 (scaling vectors), qlora (LoRA on a --bits base), full (all weights)."""
     bits: int = 4
@@ -86,16 +76,6 @@ class TrainConfig:
     """auto: bf16 where the hardware has fast bf16 (frozen base weights stored in bf16, adapters fp32), else fp32."""
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward: less memory for ~1/3 more compute."""
-    save_every: int = 0
-    """Checkpoint every N steps (0 = only the final adapter)."""
-    eval_every: int = 0
-    """Eval loss every N steps on ``eval_data`` (0 = never)."""
-    resume: bool = False
-    """Continue from the newest checkpoint in ``output``."""
-    overwrite: bool = False
-    """Allow writing into an output folder that holds a finished run."""
-    trust_remote_code: bool = False
-    """Let the model folder run its own Python code (its config's auto_map); only for models you trust."""
     fsdp: bool = False
     """Under torchrun: shard the frozen base across processes with FSDP2 (default: DDP; no effect in 1 process)."""
 
@@ -105,7 +85,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"--{_flag(name)} must be a positive integer, got {value!r}")
-        for name in ("max_steps", "warmup_steps", "save_every", "eval_every", "seed"):
+        for name in ("max_steps", "warmup_steps", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"--{_flag(name)} must be an integer >= 0, got {value!r}")
@@ -135,26 +115,23 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{_flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if self.fsdp and (self.save_every or self.resume):
-            raise ValueError("--fsdp does not write checkpoints yet: drop --save-every and --resume, or use DDP")
         if not isinstance(self.target_modules, str) or not self.target_modules.strip():
             raise ValueError(
                 f"--target-modules must be a comma list, a regex or all-linear, got {self.target_modules!r}"
             )
 
     def quantize(self) -> Literal["nf4", "int8"] | None:
-        """How ``load_model`` stores the base's Linear weights: quantised for QLoRA, else not at all."""
+        """How the base's Linear weights are to be stored (``load_model(quantize=)``): quantised for QLoRA, else not
+        at all. The trainer does not quantise: it trains the model it is given."""
         if self.method != "qlora":
             return None
         return "nf4" if self.bits == 4 else "int8"
 
     def lora_config(self) -> LoraConfig:
         """The adapter config these flags describe."""
-        targets: tuple[str, ...] | str = self.target_modules
-        if self.target_modules != "all-linear" and re.fullmatch(r"[\w.,\s-]+", self.target_modules):
-            targets = tuple(t.strip() for t in self.target_modules.split(",") if t.strip())
         return LoraConfig(
-            r=self.r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout, target_modules=targets,
+            r=self.r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+            target_modules=parse_target_modules(self.target_modules),
             use_rslora=self.use_rslora, init_lora_weights=self.init_mode(), task_type="CAUSAL_LM",
         )  # fmt: skip
 
@@ -172,14 +149,7 @@ class TrainConfig:
         if self.method == "dora":
             return dataclasses.replace(self.lora_config(), use_dora=True)
         if self.method == "ia3":
-            # all-linear (the default) means peft's IA3 targets for the model type: keys, values, down projection.
-            targets = self.lora_config().target_modules
-            if targets == "all-linear":
-                return IA3Config(task_type="CAUSAL_LM")
-            feedforward = (
-                tuple(t for t in targets if t.endswith(_FEEDFORWARD_NAMES)) if isinstance(targets, tuple) else None
-            )
-            return IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type="CAUSAL_LM")
+            return ia3_config(self.target_modules)
         return self.lora_config()
 
     @classmethod
@@ -198,25 +168,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def trained_quantization(adapter: str | os.PathLike[str]) -> Literal["nf4", "int8"] | None:
-    """How the base was quantised when ``lorakit train`` made the adapter in this folder (or its parent):
-    "nf4"/"int8" for a QLoRA run, None for any other run or a folder without ``train_config.json``."""
-    folder = Path(adapter)
-    for candidate in (folder / CONFIG_FILE, folder.parent / CONFIG_FILE):
-        try:
-            saved = json.loads(candidate.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if not isinstance(saved, dict) or saved.get("method") != "qlora":
-            return None
-        return "int8" if saved.get("bits") == 8 else "nf4"
-    return None
-
-
-# Names of feed-forward output projections, whose *input* IA3 scales (llama/mistral/qwen, GPT-2, OPT, Mixtral).
-_FEEDFORWARD_NAMES = ("down_proj", "mlp.c_proj", "fc2", "w2")
 
 
 def _flag(name: str) -> str:

@@ -1,5 +1,7 @@
-"""Several processes, one run: torchrun's environment, DDP or FSDP2, and the slice of each batch a rank trains on.
+"""Several processes, one run: DDP or FSDP2 over a process group someone else started, and each rank's slice.
 
+The trainer never starts a process group: it joins the one that exists (``torchrun`` through ``lorakit train``,
+which starts it in the CLI layer, or a distributed engine such as Ray Train), or trains alone when there is none.
 ``torchrun --nproc_per_node N -m lorakit train ...`` starts N copies of the same run. Each reads the whole
 dataset and builds the same global micro-batches (seed, order) that one process with ``N x --batch-size``
 would; rank k trains on its contiguous slice of each. The loss of a step is the sum over ALL label tokens of
@@ -26,12 +28,10 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from lorakit.cli.run_folder import MetricsLog
 from lorakit.data.batching import collate
 from lorakit.data.tokenize import TokenizedExample
 from lorakit.errors import LorakitError
 from lorakit.loss import IGNORE_INDEX, token_loss_sum
-from lorakit.train.checkpoint import rng_state, set_rng_state
 
 T = TypeVar("T")
 
@@ -61,11 +61,19 @@ class Processes:
     world: int = 1
     local_rank: int = 0
     fsdp: bool = False
-    owns_group: bool = False
     bytes_reduced: int = 0
     """Gradient bytes this rank has handed to all-reduce so far (counted by the DDP hook)."""
     backend: str = "none"
-    """"gloo" or "nccl" under torchrun."""
+    """The process group's backend ("gloo", "nccl"), or "none" alone."""
+
+    @classmethod
+    def join(cls, fsdp: bool = False) -> Processes:
+        """This process's place in the process group that exists (one started by torchrun or a distributed engine);
+        a plain single-process run when there is none or it has one process. Never starts a group."""
+        if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+            return cls()
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank, fsdp, backend=str(dist.get_backend()))
 
     @property
     def is_main(self) -> bool:
@@ -122,12 +130,10 @@ class Processes:
     def wrap(self, model: nn.Module) -> nn.Module:
         """The module to call for a batch's loss sum: the model's LossModule, under DDP or FSDP2 when N > 1.
 
-        Call it after the adapter is initialised (the same on every rank): from here on each rank draws its own
-        dropout masks (seed + rank), as one process would draw different masks for different rows.
+        Call it after the adapter is initialised (the same on every rank).
         """
         if self.world == 1:
             return LossModule(model)
-        torch.manual_seed(torch.initial_seed() + self.rank)
         model.to(self._device())
         if self.fsdp:
             from torch.distributed.fsdp import fully_shard
@@ -164,24 +170,23 @@ class Processes:
         return module.no_sync()  # type: ignore[operator]
 
     # ---- checkpoints
-    def checkpoint_extra(self) -> dict[str, Any]:
-        """What a checkpoint records about the processes: their number and each rank's RNG state (a collective:
-        every rank calls it, rank 0 writes it)."""
+    def checkpoint_extra(self, rng: Any) -> dict[str, Any]:
+        """What a checkpoint records about the processes: their number and each rank's RNG state ``rng`` (a
+        collective: every rank calls it, rank 0 writes it)."""
         if self.world == 1:
             return {}
         states: list[Any] = [None] * self.world
-        dist.all_gather_object(states, rng_state())
+        dist.all_gather_object(states, rng)
         return {"processes": self.world, "rng_ranks": states}
 
-    def resumed(self, folder: Path, extra: dict[str, Any]) -> None:
-        """Check a checkpoint was written by as many processes as now run, and restore this rank's RNG state."""
+    def resumed(self, folder: Path, extra: dict[str, Any]) -> Any:
+        """Check a checkpoint was written by as many processes as now run; this rank's RNG state (None alone)."""
         if extra.get("processes", 1) != self.world:
             raise LorakitError(
                 f"{folder}: written by {extra.get('processes', 1)} processes, resumed with "
                 f"{self.world}; the global batch would change (--batch-size is per process)"
             )
-        if self.world > 1:
-            set_rng_state(extra["rng_ranks"][self.rank])
+        return extra["rng_ranks"][self.rank] if self.world > 1 else None
 
     @contextlib.contextmanager
     def full_params(self, module: nn.Module) -> Iterator[None]:
@@ -231,27 +236,6 @@ class Processes:
             f"{lora:,} bytes of adapter gradients per step (full fine-tuning would send {full:,})"
         )
 
-    def finish(self) -> None:
-        if self.owns_group:
-            dist.barrier()
-            dist.destroy_process_group()
-
-
-def start(fsdp: bool) -> Processes:
-    """Join torchrun's process group (gloo on CPU, NCCL on GPU), or return the plain single-process run."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1 and not dist.is_initialized():
-        return Processes(fsdp=False)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    owns = not dist.is_initialized()
-    if owns:
-        cuda = torch.cuda.is_available()
-        if cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if cuda else "gloo")
-    backend = str(dist.get_backend())
-    return Processes(dist.get_rank(), dist.get_world_size(), local_rank, fsdp, owns, backend=backend)
-
 
 def _sum_and_count(procs: Processes, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """DDP communication hook: all-reduce a gradient bucket with SUM and count its bytes."""
@@ -260,19 +244,6 @@ def _sum_and_count(procs: Processes, bucket: dist.GradBucket) -> torch.futures.F
     work = dist.all_reduce(buffer, async_op=True)
     assert work is not None
     return work.get_future().then(lambda fut: fut.value()[0])
-
-
-class QuietLog(MetricsLog):
-    """The metrics log of ranks other than 0: they train, rank 0 writes."""
-
-    def __init__(self) -> None:
-        pass
-
-    def write(self, record: dict[str, Any]) -> None:
-        pass
-
-    def read(self) -> list[dict[str, Any]]:
-        return []
 
 
 # DDP checks a hook's annotations against the classes themselves; ``from __future__ import annotations`` made them

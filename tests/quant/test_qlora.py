@@ -13,9 +13,10 @@ from transformers import AutoModelForCausalLM
 
 import lorakit
 from lorakit.cli import main
+from lorakit.cli.run_folder import trained_quantization
 from lorakit.quant import QuantLinear, dequantize, dequantize_model, quantize_model, quantized_modules
 from lorakit.quant.backends import quantize_weight
-from lorakit.train.config import TrainConfig, trained_quantization
+from lorakit.train.config import TrainConfig
 from tests.tiny import randomize_lora_b, tiny_llama
 
 CONFIG = {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 import lorakit
 from lorakit.quant import QuantLinear, dequantize, quantize_model, quantized_bytes, quantized_modules
 from lorakit.quant.backends import quantize_weight, scale_block
-from lorakit.quant.linear import _FrozenQuantLinear, dequantize_to_scratch
-from tests.tiny import tiny_llama
+from lorakit.quant.linear import Scratch, _FrozenQuantLinear, dequantize_to_scratch
+from tests.tiny import tiny_llama, token_ids
 
 # The 16 NF4 levels of QLoRA (Dettmers et al. 2023, appendix E; bitsandbytes' table), to 4 decimals.
 NF4_LEVELS = [-1.0, -0.6962, -0.5251, -0.3949, -0.2844, -0.1848, -0.0911, 0.0,
@@ -91,18 +91,40 @@ def test_dequantize_equals_torchaos_own_bit_for_bit(
     own = q.get_original_weight() if scheme == "nf4" else q.dequantize()  # torchao's de-quantisation
     assert own.dtype == dtype
     assert torch.equal(dequantize(q), own)
-    assert torch.equal(dequantize_to_scratch(q), own)
+    assert torch.equal(dequantize_to_scratch(q, Scratch()), own)
 
 
 def test_scratch_buffer_is_shared_by_the_weights_of_one_shape() -> None:
     a, b, c = (quantize_weight(_weight(64, 128 if k < 2 else 64, seed=k), "nf4") for k in range(3))
-    first = dequantize_to_scratch(a)
+    scratch = Scratch()
+    first = dequantize_to_scratch(a, scratch)
     first_values = first.clone()
-    second = dequantize_to_scratch(b)
+    second = dequantize_to_scratch(b, scratch)
     assert second.data_ptr() == first.data_ptr(), "one buffer per shape, overwritten by the next weight"
     assert torch.equal(second, b.get_original_weight()) and not torch.equal(second, first_values)
-    assert dequantize_to_scratch(c).data_ptr() != first.data_ptr()
+    assert dequantize_to_scratch(c, scratch).data_ptr() != first.data_ptr()
     assert dequantize(a).data_ptr() != first.data_ptr(), "dequantize() returns a tensor of its own"
+    assert dequantize_to_scratch(a, Scratch()).data_ptr() != first.data_ptr(), "another model's scratch is its own"
+
+
+def test_scratch_belongs_to_the_model() -> None:
+    import copy
+    import gc
+    import weakref
+
+    from lorakit.quant import quantize_model
+
+    model = tiny_llama()
+    assert quantize_model(model, "int8"), "tiny_llama's Linears are too small for NF4's blocks, not for int8"
+    layers = [m for m in model.modules() if type(m).__name__ == "QuantLinear"]
+    assert len({id(m.scratch) for m in layers}) == 1, "the layers of one model share one scratch"
+    model(token_ids())
+    copied = copy.deepcopy(model)
+    assert next(m for m in copied.modules() if type(m).__name__ == "QuantLinear").scratch is not layers[0].scratch
+    alive = weakref.ref(layers[0].scratch)
+    del model, layers, copied
+    gc.collect()
+    assert alive() is None, "the buffers go with the model: nothing is kept for the process"
 
 
 def test_quantized_bytes_counts_codes_and_scales() -> None:
@@ -121,8 +143,8 @@ def test_frozen_quant_linear_backward_passes_gradcheck(scheme: str) -> None:
     weight = quantize_weight(_weight(64, 16, dtype=torch.float64 if scheme == "nf4" else torch.float32), scheme)
     x = torch.randn(2, 3, 16, dtype=torch.float64, requires_grad=True)
 
-    assert torch.autograd.gradcheck(lambda t: _FrozenQuantLinear.apply(t, weight), (x,), fast_mode=True)
-    y = _FrozenQuantLinear.apply(x, weight)
+    assert torch.autograd.gradcheck(lambda t: _FrozenQuantLinear.apply(t, weight, Scratch()), (x,), fast_mode=True)
+    y = _FrozenQuantLinear.apply(x, weight, Scratch())
     torch.testing.assert_close(y, F.linear(x, dequantize(weight, torch.float64)), atol=1e-7, rtol=0)
 
 

@@ -92,7 +92,7 @@ def _chat(client: openai.OpenAI, model: str, prompt: str = PROMPT, **kwargs: Any
 
 def _generate_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, model: str, *extra: str) -> str:
     # The test server runs in float32; so must `lorakit generate` (it would pick bf16 on a bf16-capable CPU).
-    monkeypatch.setattr("lorakit.train.loop.resolve_precision", lambda *_: None)
+    monkeypatch.setattr("lorakit.models.resolve_precision", lambda *_: None)
     capsys.readouterr()
     assert cli_main(["generate", "--model", model, "--prompt", PROMPT, "--max-new-tokens", str(MAX_NEW), *extra]) == 0
     return capsys.readouterr().out.removesuffix("\n")

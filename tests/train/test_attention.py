@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from lorakit.train.attention import NAME, sdpa_fp32, use_fp32_attention
+from lorakit.train.attention import NAME, fp32_attention, sdpa_fp32
 from tests.tiny import tiny_llama, token_ids
 
 
@@ -46,18 +46,34 @@ def test_bf16_inputs_get_fp32_attention_and_bf16_gradients(padded: bool, monkeyp
 def test_bf16_model_with_fp32_attention_stays_close_to_fp32() -> None:
     reference = tiny_llama()
     model = copy.deepcopy(reference).bfloat16()
-    assert use_fp32_attention(model) and model.config._attn_implementation == NAME
     ids = token_ids()
     mask = torch.ones_like(ids)
     mask[0, :3] = 0  # padding: the mask must be built as for sdpa
-    with torch.no_grad():
+    calls = []
+    with fp32_attention(model), torch.no_grad():
+        assert model.config._attn_implementation == NAME
+        assert reference.config._attn_implementation == "sdpa", "another model is left alone"
         got = model(ids, attention_mask=mask).logits.float()
+        calls.append(NAME in __import__("transformers").AttentionInterface._global_mapping)
         expected = reference(ids, attention_mask=mask).logits
     torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], rtol=0.05, atol=0.05)
+    assert calls == [True]
+
+
+def test_outside_the_block_nothing_is_left_changed() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    model = tiny_llama().bfloat16()
+    with fp32_attention(model), fp32_attention(model):  # nested blocks (two trainers on one thread)
+        pass
+    assert model.config._attn_implementation == "sdpa"
+    assert NAME not in AttentionInterface._global_mapping and NAME not in AttentionMaskInterface._global_mapping
 
 
 def test_models_without_sdpa_are_left_alone() -> None:
     model = tiny_llama()
     model.set_attn_implementation("eager")
-    assert not use_fp32_attention(model)
+    with fp32_attention(model):
+        assert model.config._attn_implementation == "eager"
     assert model.config._attn_implementation == "eager"

@@ -12,15 +12,14 @@ import pytest
 import torch
 
 import lorakit
+from lorakit.cli.train import RunConfig, run
 from lorakit.eval.run import evaluate_contacts
-from lorakit.train.config import TrainConfig
-from lorakit.train.loop import train
 
 pytestmark = pytest.mark.integration
 
 
 def test_short_training_run_on_the_builtin_model(smollm2, tmp_path: Path) -> None:
-    result = train(TrainConfig(output=str(tmp_path / "run"), max_steps=3, batch_size=4, warmup_steps=1), progress=False)
+    result = run(RunConfig(output=str(tmp_path / "run"), max_steps=3, batch_size=4, warmup_steps=1), progress=False)
     records = [json.loads(line) for line in (result.output / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(r["loss"] > 0 for r in records)

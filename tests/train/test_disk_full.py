@@ -14,17 +14,19 @@ from typing import Any
 import pytest
 from safetensors.torch import load_file
 
+from lorakit.cli import train as loop
+from lorakit.cli.train import RunConfig
 from lorakit.errors import DiskFullError
-from lorakit.train import checkpoint, loop
-from lorakit.train.config import TrainConfig
+from lorakit.train import checkpoint
+from lorakit.train import trainer as trainer_module
 
 
-def _config(model: Path, data: Path, out: Path, **overrides: Any) -> TrainConfig:
+def _config(model: Path, data: Path, out: Path, **overrides: Any) -> RunConfig:
     settings: dict[str, Any] = {"model": str(model), "data": str(data), "output": str(out), "r": 2, "batch_size": 2,
                                 "max_steps": 3, "save_every": 1, "precision": "fp32",
                                 "target_modules": "q_proj,v_proj"}  # fmt: skip
     settings.update(overrides)
-    return TrainConfig(**settings)
+    return RunConfig(**settings)
 
 
 @pytest.fixture
@@ -55,7 +57,7 @@ def _check_last_good(out: Path, step: int) -> None:
     kept = checkpoint.list_checkpoints(out)
     assert [p.name for p in kept] == [f"step-{step:06d}"]
     load_file(kept[0] / "adapter_model.safetensors")  # whole and loadable
-    assert not list((out / "checkpoints").glob(".tmp-*")), "a half-written checkpoint was left behind"
+    assert not list((out / "checkpoints").glob(".*tmp-*")), "a half-written checkpoint was left behind"
 
 
 def test_no_room_is_refused_before_training(
@@ -63,9 +65,9 @@ def test_no_room_is_refused_before_training(
 ) -> None:
     monkeypatch.setattr(checkpoint, "KEEP", 10**6)  # checkpoints that would need far more than the 1 MiB there
     started = []
-    monkeypatch.setattr(loop, "token_loss_sum", lambda *a, **k: started.append(1))
+    monkeypatch.setattr("lorakit.train.distributed.token_loss_sum", lambda *a, **k: started.append(1))
     with pytest.raises(DiskFullError, match=r"MiB free on its device"):
-        loop.train(_config(tiny_model_dir, small_chat_data, small_disk / "run"), progress=False)
+        loop.run(_config(tiny_model_dir, small_chat_data, small_disk / "run"), progress=False)
     assert not started
 
 
@@ -73,16 +75,16 @@ def test_disk_full_at_save_time_real_device(
     tiny_model_dir: Path, small_chat_data: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = small_disk / "run"
-    real_save = loop.save_checkpoint
+    real_save = trainer_module.save_checkpoint
 
     def save_then_fill(output: Path, *args: Any, **kwargs: Any) -> Path:
         saved = real_save(output, *args, **kwargs)
         _fill(small_disk)  # the next checkpoint finds no room
         return saved
 
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_fill)
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_fill)
     with pytest.raises(DiskFullError, match=r"step 2; the last good checkpoint .*step-000001 is untouched"):
-        loop.train(_config(tiny_model_dir, small_chat_data, out), progress=False)
+        loop.run(_config(tiny_model_dir, small_chat_data, out), progress=False)
     _check_last_good(out, 1)
 
 
@@ -92,7 +94,7 @@ def test_disk_full_at_save_time_simulated(
     out = tmp_path / "run"
     real_fsync = os.fsync
     saves = {"n": 0}
-    real_save = loop.save_checkpoint
+    real_save = trainer_module.save_checkpoint
 
     def counting_save(*args: Any, **kwargs: Any) -> Path:
         saves["n"] += 1
@@ -103,8 +105,8 @@ def test_disk_full_at_save_time_simulated(
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
-    monkeypatch.setattr(loop, "save_checkpoint", counting_save)
-    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
+    monkeypatch.setattr(trainer_module, "save_checkpoint", counting_save)
+    monkeypatch.setattr(os, "fsync", fsync)
     with pytest.raises(DiskFullError, match=r"step 2; the last good checkpoint .*step-000001 is untouched"):
-        loop.train(_config(tiny_model_dir, small_chat_data, out), progress=False)
+        loop.run(_config(tiny_model_dir, small_chat_data, out), progress=False)
     _check_last_good(out, 1)

@@ -19,10 +19,10 @@ import torch
 from safetensors.torch import load_file
 
 import lorakit
+from lorakit.cli import train as loop
+from lorakit.cli.train import RunConfig
 from lorakit.data.tokenize import TokenizedExample
 from lorakit.errors import LorakitError
-from lorakit.train import loop
-from lorakit.train.config import TrainConfig
 from lorakit.train.distributed import Processes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,9 +62,9 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 def reference(tiny_model_dir: Path, small_chat_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One process, batch 4: the adapter (and losses) two processes with batch 2 each must reproduce."""
     output = tmp_path_factory.mktemp("one-process")
-    cfg = TrainConfig(model=str(tiny_model_dir), data=str(small_chat_data), output=str(output), batch_size=4,
+    cfg = RunConfig(model=str(tiny_model_dir), data=str(small_chat_data), output=str(output), batch_size=4,
                       eval_data=str(small_chat_data), eval_every=2, **COMMON)  # type: ignore[arg-type]  # fmt: skip
-    return loop.train(cfg, progress=False).output
+    return loop.run(cfg, progress=False).output
 
 
 def _assert_same_and_trained(reference: Path, got: Path, model_dir: Path) -> None:
@@ -72,7 +72,7 @@ def _assert_same_and_trained(reference: Path, got: Path, model_dir: Path) -> Non
     assert sorted(a) == sorted(b)
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     assert diff <= 1e-5, f"2 processes differ from 1 by {diff}"
-    lora = TrainConfig(r=4, lora_alpha=8).lora_config()
+    lora = RunConfig(r=4, lora_alpha=8).lora_config()
     init = lorakit.io.adapter_tensors(lorakit.add_adapter(lorakit.load_model(str(model_dir))[0], lora), "default")
     moved = max((b[k] - v).abs().max().item() for k, v in init.items())
     assert moved > 1e-3, "the adapter trained"
@@ -100,9 +100,9 @@ def test_two_processes_train_the_adapter_of_one_process_with_the_global_batch(
 
 def test_two_processes_accumulate_like_one_process(tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path) -> None:
     """Batch 1 x 2 processes x 2 micro-batches (gradients synced after the second only) = 1 process, 2 x 2."""
-    single = TrainConfig(model=str(tiny_model_dir), data=str(small_chat_data), output=str(tmp_path / "one"),
+    single = RunConfig(model=str(tiny_model_dir), data=str(small_chat_data), output=str(tmp_path / "one"),
                          batch_size=2, grad_accum=2, **COMMON)  # type: ignore[arg-type]  # fmt: skip
-    expected = loop.train(single, progress=False).output
+    expected = loop.run(single, progress=False).output
     _torchrun(2, tiny_model_dir, small_chat_data, tmp_path / "two", batch_size=1, grad_accum=2)
     _assert_same_and_trained(expected, tmp_path / "two", tiny_model_dir)
 
@@ -120,10 +120,10 @@ def test_two_processes_resume_to_the_adapter_of_an_uninterrupted_run(
     shutil.rmtree(out / "checkpoints" / "step-000003")
     for name in ("adapter_model.safetensors", "train_summary.json"):
         (out / name).unlink()
-    cfg = TrainConfig(model=str(tiny_model_dir), data=str(small_chat_data), output=str(out), resume=True,
+    cfg = RunConfig(model=str(tiny_model_dir), data=str(small_chat_data), output=str(out), resume=True,
                       **{**COMMON, **flags})  # type: ignore[arg-type]  # fmt: skip
     with pytest.raises(LorakitError, match="written by 2 processes, resumed with 1"):
-        loop.train(cfg, progress=False)
+        loop.run(cfg, progress=False)
     log = _torchrun(2, tiny_model_dir, small_chat_data, out, **flags, resume=True)
     assert "at step 2" in log
     resumed = _weights(out)

@@ -9,15 +9,17 @@ from pathlib import Path
 
 import torch
 
+from lorakit.cli import train as loop
+from lorakit.cli.train import RunConfig
 from lorakit.layers import Linear
-from lorakit.train import loop
-from lorakit.train.config import TrainConfig
+from lorakit.loss import autocast
+from lorakit.train import trainer as trainer_module
 
 
 def _losses(model_dir: Path, data: Path, output: Path, **overrides: object) -> list[float]:
     settings = dict(model=str(model_dir), data=str(data), output=str(output), max_steps=20, batch_size=4, lr=3e-2,
                     warmup_steps=2, seq_len=256, r=4, lora_alpha=8)  # fmt: skip
-    result = loop.train(TrainConfig(**{**settings, **overrides}), progress=False)  # type: ignore[arg-type]
+    result = loop.run(RunConfig(**{**settings, **overrides}), progress=False)  # type: ignore[arg-type]
     records = [json.loads(line) for line in (result.output / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in records if r["kind"] == "train"]
 
@@ -41,7 +43,7 @@ def test_bf16_stores_frozen_weights_in_bf16_and_adapters_in_fp32(tiny_model_dir:
 
     model, _ = lorakit.load_model(str(tiny_model_dir))
     lorakit.add_adapter(model, lorakit.LoraConfig(r=4, target_modules="all-linear"))
-    loop.prepare_for_training(model, torch.bfloat16, checkpointing=False)
+    trainer_module.prepare_for_training(model, torch.bfloat16, checkpointing=False)
     wrapped = [m for m in model.modules() if isinstance(m, Linear)]
     assert wrapped and all(m.weight.dtype == torch.bfloat16 for m in wrapped)
     assert model.get_input_embeddings().weight.dtype == torch.bfloat16
@@ -65,6 +67,6 @@ def test_autocast_follows_the_models_device() -> None:
     for kind in ("cpu", "cuda"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "CUDA is not available" on CPU-only machines
-            context = loop._autocast(torch.bfloat16, torch.device(kind))
+            context = autocast(torch.bfloat16, torch.device(kind))
         assert isinstance(context, torch.autocast) and context.device == kind
-    assert not isinstance(loop._autocast(None, torch.device("cuda")), torch.autocast)
+    assert not isinstance(autocast(None, torch.device("cuda")), torch.autocast)

@@ -11,14 +11,15 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import lorakit
-from lorakit.train import loop
-from lorakit.train.config import TrainConfig
+from lorakit.cli import train as loop
+from lorakit.cli.train import RunConfig
+from lorakit.train import trainer as trainer_module
 
 
-def _config(model_dir: Path, data: Path, output: Path, **overrides: object) -> TrainConfig:
+def _config(model_dir: Path, data: Path, output: Path, **overrides: object) -> RunConfig:
     base = dict(model=str(model_dir), data=str(data), output=str(output), max_steps=4, batch_size=4, lr=1e-3,
                 warmup_steps=1, precision="fp32", seq_len=256, method="full")  # fmt: skip
-    return TrainConfig(**{**base, **overrides})  # type: ignore[arg-type]
+    return RunConfig(**{**base, **overrides})  # type: ignore[arg-type]
 
 
 def _state(folder: Path) -> dict[str, torch.Tensor]:
@@ -29,7 +30,7 @@ def _state(folder: Path) -> dict[str, torch.Tensor]:
 def test_full_fine_tuning_trains_every_weight_and_saves_a_model(
     tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    result = loop.train(_config(tiny_model_dir, small_chat_data, tmp_path / "run"), progress=False)
+    result = loop.run(_config(tiny_model_dir, small_chat_data, tmp_path / "run"), progress=False)
     assert result.trainable == result.total, "full fine-tuning trains every parameter"
     assert not (result.output / "adapter_model.safetensors").exists()
     before, after = _state(tiny_model_dir), _state(result.output)
@@ -45,26 +46,27 @@ def test_full_fine_tuning_trains_every_weight_and_saves_a_model(
         assert not torch.allclose(model(ids).logits, base(ids).logits)
 
     # Interrupted after the checkpoint at step 2, then resumed: the same weights as the uninterrupted run.
-    real_save = loop.save_checkpoint
+    real_save = trainer_module.save_checkpoint
 
-    def save_then_die(output, model, optimizer, scheduler, step, extra=None):  # type: ignore[no-untyped-def]
-        folder = real_save(output, model, optimizer, scheduler, step, extra)
+    def save_then_die(output, model, state):  # type: ignore[no-untyped-def]
+        folder = real_save(output, model, state)
+        step = state["step"]
         if step == 2:
             raise KeyboardInterrupt
         return folder
 
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_die)
     cfg = _config(tiny_model_dir, small_chat_data, tmp_path / "resumed", save_every=2)
     with pytest.raises(KeyboardInterrupt):
-        loop.train(cfg, progress=False)
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+        loop.run(cfg, progress=False)
+    monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
     saved = load_file(tmp_path / "resumed" / "checkpoints" / "step-000002" / "model.safetensors")
     assert "model.embed_tokens.weight" in saved and "lm_head.weight" not in saved, "tied weights stored once"
-    resumed = loop.train(TrainConfig(**{**cfg.to_dict(), "resume": True}), progress=False)
+    resumed = loop.run(RunConfig(**{**cfg.to_dict(), "resume": True}), progress=False)
     again = _state(resumed.output)
     assert max((after[k] - again[k]).abs().max().item() for k in after) <= 1e-6
 
 
 def test_method_is_validated() -> None:
     with pytest.raises(ValueError, match="--method must be one of"):
-        TrainConfig(method="everything")  # type: ignore[arg-type]
+        RunConfig(method="everything")  # type: ignore[arg-type]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import lorakit
-from lorakit.train import loop
-from lorakit.train.config import TrainConfig
+from lorakit.cli import train as loop
+from lorakit.cli.train import RunConfig
 
 
 class _Payload:
@@ -27,9 +27,9 @@ class _Payload:
 def test_malicious_checkpoint_state_is_refused_unexecuted(
     tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path
 ) -> None:
-    cfg = TrainConfig(model=str(tiny_model_dir), data=str(small_chat_data), output=str(tmp_path / "run"),
+    cfg = RunConfig(model=str(tiny_model_dir), data=str(small_chat_data), output=str(tmp_path / "run"),
                       max_steps=4, save_every=2, batch_size=4, precision="fp32", r=4, lora_alpha=8)  # fmt: skip
-    loop.train(cfg, progress=False)
+    loop.run(cfg, progress=False)
     state = sorted((tmp_path / "run" / "checkpoints").iterdir())[-1] / "trainer_state.pt"
     pwned = tmp_path / "pwned"
     state.write_bytes(pickle.dumps({"step": 1, "x": _Payload(pwned)}))

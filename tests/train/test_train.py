@@ -12,15 +12,16 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import lorakit
+from lorakit.cli import train as loop
+from lorakit.cli.train import RunConfig
 from lorakit.errors import LorakitError
-from lorakit.train import loop
-from lorakit.train.config import TrainConfig
+from lorakit.train import trainer as trainer_module
 
 
-def _config(model_dir: Path, data: Path, output: Path, **overrides: object) -> TrainConfig:
+def _config(model_dir: Path, data: Path, output: Path, **overrides: object) -> RunConfig:
     base = dict(model=str(model_dir), data=str(data), output=str(output), max_steps=6, batch_size=4, lr=3e-3,
                 warmup_steps=1, precision="fp32", seq_len=256, r=4, lora_alpha=8)  # fmt: skip
-    return TrainConfig(**{**base, **overrides})  # type: ignore[arg-type]
+    return RunConfig(**{**base, **overrides})  # type: ignore[arg-type]
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -30,27 +31,28 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 def test_training_is_deterministic_and_resume_gives_the_same_adapter(
     tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    full = loop.train(_config(tiny_model_dir, small_chat_data, tmp_path / "full", lora_dropout=0.1), progress=False)
-    again = loop.train(_config(tiny_model_dir, small_chat_data, tmp_path / "again", lora_dropout=0.1), progress=False)
+    full = loop.run(_config(tiny_model_dir, small_chat_data, tmp_path / "full", lora_dropout=0.1), progress=False)
+    again = loop.run(_config(tiny_model_dir, small_chat_data, tmp_path / "again", lora_dropout=0.1), progress=False)
     a, b = _weights(full.output), _weights(again.output)
     assert all(torch.equal(a[k], b[k]) for k in a), "same seed, same adapter"
 
     # Interrupt after the checkpoint at step 4 (of 6), then resume.
-    real_save = loop.save_checkpoint
+    real_save = trainer_module.save_checkpoint
 
-    def save_then_die(output, model, optimizer, scheduler, step, extra=None):  # type: ignore[no-untyped-def]
-        folder = real_save(output, model, optimizer, scheduler, step, extra)
+    def save_then_die(output, model, state):  # type: ignore[no-untyped-def]
+        folder = real_save(output, model, state)
+        step = state["step"]
         if step == 4:
             raise KeyboardInterrupt
         return folder
 
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_die)
     cfg = _config(tiny_model_dir, small_chat_data, tmp_path / "resumed", lora_dropout=0.1, save_every=2)
     with pytest.raises(KeyboardInterrupt):
-        loop.train(cfg, progress=False)
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+        loop.run(cfg, progress=False)
+    monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
     assert not (tmp_path / "resumed" / "adapter_model.safetensors").exists()
-    resumed = loop.train(TrainConfig(**{**cfg.to_dict(), "resume": True}), progress=False)
+    resumed = loop.run(RunConfig(**{**cfg.to_dict(), "resume": True}), progress=False)
     c = _weights(resumed.output)
     init = lorakit.add_adapter(lorakit.load_model(str(tiny_model_dir))[0], cfg.lora_config())
     assert max((a[k] - c[k]).abs().max().item() for k in a) <= 1e-6
@@ -61,14 +63,14 @@ def test_training_is_deterministic_and_resume_gives_the_same_adapter(
 
     # A finished run has nothing to resume, unless --max-steps grows: then it goes on from its last step.
     with pytest.raises(LorakitError, match="already reached step 6 of 6"):
-        loop.train(TrainConfig(**{**cfg.to_dict(), "resume": True}), progress=False)
-    longer = loop.train(TrainConfig(**{**cfg.to_dict(), "resume": True, "max_steps": 8}), progress=False)
+        loop.run(RunConfig(**{**cfg.to_dict(), "resume": True}), progress=False)
+    longer = loop.run(RunConfig(**{**cfg.to_dict(), "resume": True, "max_steps": 8}), progress=False)
     steps = [r["step"] for r in map(json.loads, (longer.output / "metrics.jsonl").read_text().splitlines())]
     assert steps == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 def test_outputs_of_a_run(tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path) -> None:
-    result = loop.train(_config(tiny_model_dir, small_chat_data, tmp_path / "run", eval_data=str(small_chat_data),
+    result = loop.run(_config(tiny_model_dir, small_chat_data, tmp_path / "run", eval_data=str(small_chat_data),
                                 eval_every=3), progress=False)  # fmt: skip
     out = result.output
     for name in ("adapter_config.json", "adapter_model.safetensors", "loss.png", "metrics.jsonl", "README.md"):
@@ -87,28 +89,28 @@ def test_outputs_of_a_run(tiny_model_dir: Path, small_chat_data: Path, tmp_path:
 
 def test_refuses_to_overwrite_a_finished_run(tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path) -> None:
     cfg = _config(tiny_model_dir, small_chat_data, tmp_path / "run", max_steps=1)
-    loop.train(cfg, progress=False)
+    loop.run(cfg, progress=False)
     with pytest.raises(LorakitError, match="already holds a finished run"):
-        loop.train(cfg, progress=False)
-    loop.train(TrainConfig(**{**cfg.to_dict(), "overwrite": True}), progress=False)
+        loop.run(cfg, progress=False)
+    loop.run(RunConfig(**{**cfg.to_dict(), "overwrite": True}), progress=False)
 
 
 def test_resume_with_other_settings_is_refused(tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path) -> None:
     cfg = _config(tiny_model_dir, small_chat_data, tmp_path / "run", max_steps=1)
-    loop.train(cfg, progress=False)
+    loop.run(cfg, progress=False)
     with pytest.raises(LorakitError, match=r"different settings.*lr"):
-        loop.train(TrainConfig(**{**cfg.to_dict(), "resume": True, "lr": 1.0}), progress=False)
+        loop.run(RunConfig(**{**cfg.to_dict(), "resume": True, "lr": 1.0}), progress=False)
     # Padding batches further is the same run; a run saved before the flag existed (no key) resumes too.
     saved = json.loads((tmp_path / "run" / loop.CONFIG_FILE).read_text())
     del saved["pad_to_multiple_of"]
     (tmp_path / "run" / loop.CONFIG_FILE).write_text(json.dumps(saved))
     more = {**cfg.to_dict(), "resume": True, "max_steps": 2, "pad_to_multiple_of": 1}
-    assert loop.train(TrainConfig(**more), progress=False).steps == 2
+    assert loop.run(RunConfig(**more), progress=False).steps == 2
 
 
 def test_non_finite_loss_stops_with_the_step(tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path) -> None:
     with pytest.raises(LorakitError, match=r"loss became (nan|inf) at step \d+"):
-        loop.train(_config(tiny_model_dir, small_chat_data, tmp_path / "run", lr=1e12, max_grad_norm=0.0,
+        loop.run(_config(tiny_model_dir, small_chat_data, tmp_path / "run", lr=1e12, max_grad_norm=0.0,
                            max_steps=30), progress=False)  # fmt: skip
 
 
@@ -119,4 +121,4 @@ def test_non_finite_loss_stops_with_the_step(tiny_model_dir: Path, small_chat_da
 )  # fmt: skip
 def test_config_errors_name_the_flag(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        TrainConfig(**kwargs)
+        RunConfig(**kwargs)

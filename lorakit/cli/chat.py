@@ -1,0 +1,28 @@
+"""``lorakit chat``: a streaming chat in the terminal with a model, with or without an adapter."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from lorakit.cli.common import model_with_adapter, positive, quantize_flag, trust_remote_code_flag
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("chat", help="a streaming terminal chat")
+    p.add_argument("--model")
+    p.add_argument("--adapter")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--max-new-tokens", type=positive, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    quantize_flag(p)
+    trust_remote_code_flag(p)
+    p.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    from lorakit.eval.chat import chat
+
+    model, tokenizer = model_with_adapter(args.model, args.adapter, args.quantize, args.trust_remote_code)
+    chat(model, tokenizer, args.system, args.max_new_tokens, args.temperature)
+    return 0

@@ -1,0 +1,41 @@
+"""``lorakit generate``: one reply to ``--prompt`` from a model, with or without an adapter."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from lorakit.cli.common import (
+    conversation,
+    model_with_adapter,
+    positive,
+    quantize_flag,
+    trust_remote_code_flag,
+)
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("generate", help="one reply to --prompt")
+    p.add_argument("--model")
+    p.add_argument("--adapter")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=positive, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    quantize_flag(p)
+    trust_remote_code_flag(p)
+    p.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    import torch
+
+    from lorakit.eval.generate import generate_batch, prompt_ids
+
+    torch.manual_seed(args.seed)  # the command's process: sampling draws from the global generator
+    model, tokenizer = model_with_adapter(args.model, args.adapter, args.quantize, args.trust_remote_code)
+    ids = prompt_ids(tokenizer, conversation(args.system, args.prompt))
+    print(generate_batch(model, tokenizer, [ids], args.max_new_tokens, args.temperature, args.top_p)[0])
+    return 0

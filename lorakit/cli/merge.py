@@ -1,0 +1,40 @@
+"""``lorakit merge``: base + adapter -> a plain transformers model folder."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from lorakit.cli.common import base_quantization, quantize_flag, trust_remote_code_flag
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("merge", help="base + adapter -> a plain transformers model folder")
+    p.add_argument("--model")
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--safe", action="store_true", help="refuse to merge non-finite weights")
+    quantize_flag(p)
+    trust_remote_code_flag(p)
+    p.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    from lorakit.export.merge import merge_to_folder
+
+    quantize = base_quantization(args.adapter, args.quantize)
+    folder = merge_to_folder(
+        args.model,
+        args.adapter,
+        args.output,
+        safe=args.safe,
+        quantize=quantize,  # type: ignore[arg-type]  # one of lorakit.quant.SCHEMES
+        trust_remote_code=args.trust_remote_code,
+    )
+    if quantize:
+        print(
+            f"the base was quantised ({quantize}): the adapter was merged into a de-quantised float32 copy of "
+            "its weights (the weights it was trained against), not re-quantised"
+        )
+    print(f"merged model written to {folder}/ (loads with AutoModelForCausalLM.from_pretrained, no lorakit needed)")
+    return 0

@@ -1,0 +1,31 @@
+"""``lorakit serve``: an OpenAI-compatible server for the base model and its adapters."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from lorakit.cli.common import positive, trust_remote_code_flag
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("serve", help="an OpenAI-compatible server for the base model and its adapters")
+    p.add_argument("--model", help="base model (default: the built-in SmolLM2-135M-Instruct)")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="serve this adapter as NAME")
+    p.add_argument("--adapter-dir", help="folder whose adapters POST /v1/adapters/load may load, by name")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=positive, default=8, help="requests decoded together (1: no batching)")
+    p.add_argument("--max-new-tokens", type=positive, default=256, help="the largest max_tokens a request may ask")
+    p.add_argument("--max-input-tokens", type=positive, default=2048, help="longer prompts are refused (400)")
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 where fast")
+    trust_remote_code_flag(p)
+    p.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    from lorakit.serve.server import parse_adapter_flags, serve
+
+    serve(args.model, parse_adapter_flags(args.adapter), args.adapter_dir, args.host, args.port, args.max_batch,
+          args.max_new_tokens, args.max_input_tokens, args.dtype, args.trust_remote_code)  # fmt: skip
+    return 0

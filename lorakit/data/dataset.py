@@ -1,0 +1,49 @@
+"""A dataset ready to train on: token ids and labels of every example, what tokenizing did, and where it came from."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lorakit.data.jsonl import read_jsonl, validate_records
+from lorakit.data.tokenize import TokenizedExample, Tokenizer, TokenizeStats, tokenize_dataset
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Tokenized examples (``labels`` -100 where there is no loss), their statistics and their source's name."""
+
+    examples: list[TokenizedExample]
+    stats: TokenizeStats
+    source: str
+
+    def describe(self, seq_len: int) -> str:
+        """One log line: size, tokens and what truncation did."""
+        s = self.stats
+        return (
+            f"{self.source}: {s.n_records} examples, {s.n_tokens:,} tokens ({s.n_label_tokens:,} trained on); "
+            f"{s.n_truncated} truncated to --seq-len {seq_len}, {s.n_skipped} skipped (nothing left to learn after "
+            "truncation)"
+        )
+
+
+DataSource = str | os.PathLike[str] | Sequence[Mapping[str, Any]] | Dataset
+"""What ``Trainer.fit`` takes: a JSONL file, a list of records (chat ``messages`` or ``prompt``/``completion``),
+or a ``Dataset`` tokenized before."""
+
+
+def tokenize_data(tokenizer: Tokenizer, data: DataSource, seq_len: int, source: str | None = None) -> Dataset:
+    """Read (a path), check (records) and tokenize ``data``; a ``Dataset`` is returned as it is. ``source`` names
+    records in messages (default: the path, or "records")."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        source = source or os.fspath(data)
+        records = read_jsonl(source)
+    else:
+        source = source or "records"
+        records = validate_records(list(data), source)
+    examples, stats = tokenize_dataset(tokenizer, records, seq_len, path=source)
+    return Dataset(examples, stats, source)

@@ -1,0 +1,417 @@
+"""``Trainer``: train the model you hold, on the device it is on, alone or inside a process group that exists.
+
+```python
+trainer = lorakit.Trainer(model, tokenizer, lorakit.TrainConfig(r=16, lora_alpha=32, max_steps=100))
+trainer.fit("my.jsonl")        # or a list of records
+trainer.step(batch)            # one optimiser step on input_ids / attention_mask / labels (-100: no loss)
+lorakit.save_adapter(trainer.model, "my-adapter")
+```
+
+The trainer reads only ``TrainConfig``'s training fields. It never loads a model, picks data or writes a file by
+itself: it adds the adapter the config describes (or trains the adapters the model has), changes the model it is
+given and nothing else (frozen weights stored in the compute dtype; on a CPU the attention runs in fp32 inside its
+own steps, ``lorakit.train.attention``), and draws every random number (adapter init, dropout) from generator
+states of its own, so the caller's global RNG is as it was after every call. Under a process group that already
+exists (torchrun, Ray Train), each rank calls ``step`` with its own slice of the global batch, and the gradients
+are those of the whole batch: summed over ranks and divided by the global label-token count.
+
+The order of a step, top to bottom, is ``step``; the order of a run is ``fit``. Checkpoint files and run folders
+are the caller's (``lorakit train`` keeps them in ``lorakit.cli.train``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from lorakit.adapters import adapter_configs, add_adapter, count_parameters
+from lorakit.data.batching import batch_order, collate, padding_waste
+from lorakit.data.dataset import Dataset, DataSource, tokenize_data
+from lorakit.data.tokenize import TokenizedExample
+from lorakit.errors import LorakitError
+from lorakit.io import save_adapter
+from lorakit.loss import autocast, label_count, mean_token_loss
+from lorakit.memory import peak_rss_mb
+from lorakit.models import resolve_precision
+from lorakit.train.attention import fp32_attention
+from lorakit.train.checkpoint import load_checkpoint, save_checkpoint
+from lorakit.train.config import TrainConfig
+from lorakit.train.distributed import Processes
+from lorakit.train.optim import build_optimizer, schedule
+
+Batch = Mapping[str, torch.Tensor]
+EVAL_BATCH = 16  # rows per evaluation batch (no gradients: larger batches cost nothing extra)
+
+
+class NonFiniteLoss(LorakitError):
+    """The loss of a step was NaN or infinite; nothing of that step was applied."""
+
+    def __init__(self, loss: float, step: int) -> None:
+        self.loss, self.step = loss, step
+        super().__init__(f"loss became {loss} at step {step}; stopped; try a lower --lr")
+
+
+@dataclass
+class TrainResult:
+    """What ``fit`` did: steps reached, the last step's loss, tokens and seconds of this call, parameter counts."""
+
+    steps: int
+    final_loss: float
+    tokens: int
+    seconds: float
+    trainable: int
+    total: int
+
+
+class MicroBatches:
+    """Micro-batch ``m`` of the whole run, derived from (seed, epoch): no iterator state to save or restore."""
+
+    def __init__(
+        self,
+        examples: list[TokenizedExample],
+        batch_size: int,
+        seed: int,
+        pad_id: int,
+        procs: Processes | None = None,
+        pad_to_multiple_of: int = 1,
+    ) -> None:
+        self.examples, self.batch_size, self.seed, self.pad_id = examples, batch_size, seed, pad_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.procs = procs or Processes()  # in a process group: batch_size is the global batch, [m] this rank's slice
+        self.lengths = [len(e.input_ids) for e in examples]
+        self.per_epoch = len(batch_order(self.lengths, batch_size, seed, 0))
+        self._epoch: tuple[int, list[list[int]]] | None = None
+
+    def order(self, epoch: int) -> list[list[int]]:
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, batch_order(self.lengths, self.batch_size, self.seed, epoch))
+        return self._epoch[1]
+
+    def __getitem__(self, m: int) -> dict[str, torch.Tensor]:
+        epoch, index = divmod(m, self.per_epoch)
+        return self.procs.batch(self.examples, self.order(epoch)[index], self.pad_id, self.pad_to_multiple_of)
+
+
+def prepare_for_training(model: nn.Module, autocast_dtype: torch.dtype | None, checkpointing: bool) -> None:
+    """Frozen base weights stored in the autocast dtype; activation checkpointing if asked.
+
+    Autocast would cast each fp32 base weight, and each fp32 activation entering a Linear, to bf16 at every call
+    (and the gradients back in the backward): a sixth of a step's time in copies on a 2-core CPU. With every
+    frozen parameter in bf16 (Linear weights, embeddings, norms: the whole model computes in bf16, as a model
+    loaded in bf16 does) those casts disappear and the base takes half the memory. Trained parameters (the
+    adapters), their gradients and the AdamW state stay fp32; buffers (rotary frequencies) stay as they are,
+    and the loss is summed in fp32.
+    """
+    if autocast_dtype is not None:
+        for module in model.modules():
+            for param in module.parameters(recurse=False):
+                # plain fp32 tensors only: a quantised base keeps its storage
+                if not param.requires_grad and type(param) is torch.nn.Parameter and param.dtype == torch.float32:
+                    param.data = param.data.to(autocast_dtype)
+    if checkpointing:
+        enable = getattr(model, "gradient_checkpointing_enable", None)
+        if not callable(enable):
+            raise LorakitError(f"--gradient-checkpointing: {type(model).__name__} has no gradient_checkpointing_enable")
+        # Non-reentrant checkpointing needs no input that requires grad, so a frozen base works as is.
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def make_fully_trainable(model: nn.Module) -> None:
+    """Full fine-tuning: every base parameter trains, held in fp32 (the master weights; autocast computes in
+    bf16 from them), so AdamW's small updates are not rounded away as they would be in bf16 weights."""
+    model.float()
+    for param in model.parameters():
+        param.requires_grad_(True)
+
+
+def _log(message: str) -> None:
+    tqdm.write(f"lorakit: {message}")
+
+
+class Trainer:
+    """Trains ``model`` (with the adapter ``config`` describes, or the adapters it already has) where it lies.
+
+    ``base_model`` is recorded in a new adapter's config as ``base_model_name_or_path`` (default: the model's own
+    ``name_or_path``).
+    """
+
+    def __init__(
+        self, model: nn.Module, tokenizer: Any, config: TrainConfig | None = None, *, base_model: str | None = None
+    ) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.config = config = config or TrainConfig()
+        self.procs = Processes.join(config.fsdp)  # the process group that exists, or this process alone
+        self.device = next(model.parameters()).device
+        self.autocast = resolve_precision(config.precision, self.device)
+        self.step_count = 0
+        self.total_steps: int | None = config.max_steps or None  # None: from the data's size, when fit sees it
+        self._rng = _seeded_state(config.seed, self.device)
+        with self._own_rng():
+            if config.method == "full":
+                make_fully_trainable(model)
+            elif not adapter_configs(model):
+                name = base_model or getattr(getattr(model, "config", None), "name_or_path", None) or None
+                add_adapter(model, dataclasses.replace(config.adapter_config(), base_model_name_or_path=name))
+            if self.procs.world > 1:
+                # The adapter is initialised the same on every rank; from here each rank draws its own dropout masks,
+                # as one process draws different masks for different rows.
+                torch.random.default_generator.manual_seed(config.seed + self.procs.rank)
+                if self.device.type == "cuda":
+                    torch.cuda.manual_seed(config.seed + self.procs.rank)
+        prepare_for_training(model, self.autocast, config.gradient_checkpointing)
+        self.trainable, self.total = count_parameters(model)
+        self.forward = self.procs.wrap(model)  # batch -> loss sum; under DDP/FSDP2 it syncs the adapter gradients
+        self.optimizer = build_optimizer(model, config)
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self._pending_scheduler: dict[str, Any] | None = None
+        if self.total_steps:
+            self._start_schedule(self.total_steps)
+
+    # ---- one step
+    def step(self, batch: Batch | Sequence[Batch]) -> dict[str, float]:
+        """One optimiser step on ``batch`` (or on several micro-batches, their gradients accumulated).
+
+        A batch holds ``input_ids`` (B, T), and optionally ``attention_mask`` (default all ones) and ``labels``
+        (default ``input_ids``; -100 where there is no loss). In a process group, each rank passes its own slice.
+        Returns the step's ``step``, ``loss`` (mean over every label token of the step, all ranks), ``lr``,
+        ``grad_norm``, ``tokens`` (all ranks) and ``seconds``.
+        """
+        started = time.perf_counter()
+        micro = [_complete(batch)] if isinstance(batch, Mapping) else [_complete(b) for b in batch]
+        if not micro:
+            raise ValueError("step() needs a batch")
+        if self.scheduler is None:
+            raise LorakitError(
+                "TrainConfig(max_steps=0) trains for --epochs of a dataset: call fit(data), or give max_steps"
+            )
+        with self._own_rng(), self._kernels():
+            # One normaliser for the whole step: the mean over all its label tokens, not a mean of means; in a
+            # process group, over all ranks' tokens (gradients are summed across ranks, not averaged).
+            (n_labels,) = self.procs.sum(sum(label_count(b) for b in micro))
+            n_labels = max(n_labels, 1)
+            loss_sum = 0.0
+            for k, b in enumerate(micro):
+                with (
+                    self.procs.accumulate(self.forward, sync=k == len(micro) - 1),
+                    autocast(self.autocast, self.device),
+                ):
+                    loss = self.forward(b)
+                (loss / n_labels).backward()
+                loss_sum += float(loss.detach())
+            loss_sum, tokens = self.procs.sum(loss_sum, sum(int(b["attention_mask"].sum()) for b in micro))
+            loss_value = loss_sum / n_labels
+            if not math.isfinite(loss_value):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteLoss(loss_value, self.step_count + 1)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm or float("inf")))
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.step_count += 1
+        return {"step": self.step_count, "loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens": int(tokens),
+                "seconds": time.perf_counter() - started}  # fmt: skip
+
+    # ---- a run
+    def tokenize(self, data: DataSource) -> Dataset:
+        """``data`` (a JSONL path or records) tokenized with this trainer's tokenizer and ``seq_len``."""
+        return tokenize_data(self.tokenizer, data, self.config.seq_len)
+
+    def batches(self, data: Dataset) -> MicroBatches:
+        """The run's micro-batches over ``data``: this rank's slice of global batches ordered by (seed, epoch)."""
+        c = self.config
+        return MicroBatches(data.examples, c.batch_size * self.procs.world, c.seed, self.tokenizer.pad_token_id,
+                            self.procs, c.pad_to_multiple_of)  # fmt: skip
+
+    def steps_for(self, data: Dataset) -> int:
+        """Optimiser steps a run over ``data`` takes: ``max_steps``, or ``epochs`` passes when it is 0."""
+        per_epoch = self.batches(data).per_epoch
+        return self.config.max_steps or max(1, math.ceil(self.config.epochs * per_epoch / self.config.grad_accum))
+
+    def fit(
+        self,
+        data: DataSource,
+        *,
+        on_step: Callable[[Trainer, dict[str, float]], None] | None = None,
+        progress: bool = True,
+    ) -> TrainResult:
+        """Train from ``step_count`` (0, or where ``load_state_dict`` left off) to the run's last step.
+
+        ``on_step(trainer, metrics)`` is called after every step (metrics as ``step`` returns them, plus
+        ``peak_rss_mb``): the place for logging, evaluation and checkpoints. ``progress`` shows a progress bar and
+        the run's log lines (on rank 0).
+        """
+        started = time.perf_counter()
+        data = self.tokenize(data)
+        batches = self.batches(data)
+        total = self.steps_for(data)
+        if self.scheduler is None or self.total_steps != total:
+            self._start_schedule(total)
+        show = progress and self.procs.is_main
+        if show:
+            waste = padding_waste(batches.lengths, batches.order(0), self.config.pad_to_multiple_of)
+            _log(data.describe(self.config.seq_len))
+            _log(f"{self.describe()}; {total} steps; precision {self.autocast or 'fp32'}; padding {100 * waste:.0f}% "
+                 "of tokens")  # fmt: skip
+            _log(self.procs.describe(self.model, self.config.batch_size, self.config.grad_accum))
+        first = self.step_count
+        bar = tqdm(total=total, initial=first, disable=not show, unit="step", dynamic_ncols=True)
+        tokens, loss = 0, float("nan")
+        ga = self.config.grad_accum
+        while self.step_count < total:
+            metrics = self.step([batches[self.step_count * ga + k] for k in range(ga)])
+            metrics["peak_rss_mb"] = peak_rss_mb() or 0.0
+            tokens, loss = tokens + int(metrics["tokens"]), metrics["loss"]
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{metrics['lr']:.2e}",
+                            tok_s=f"{metrics['tokens'] / metrics['seconds']:.0f}")  # fmt: skip
+            bar.update(1)
+            if on_step is not None:
+                on_step(self, metrics)
+        bar.close()
+        seconds = time.perf_counter() - started
+        self.procs.report_traffic(self.step_count - first)
+        if show and tokens:
+            _log(f"trained {self.step_count - first} steps in {seconds:.0f} s ({tokens / seconds:.0f} tokens/s)")
+        return TrainResult(self.step_count, loss, tokens, seconds, self.trainable, self.total)
+
+    def evaluate(self, data: DataSource | list[dict[str, torch.Tensor]]) -> float:
+        """Mean label-token loss on ``data`` (dropout off): a dataset, or batches made by ``eval_batches``. In a
+        process group, call it on every rank; under DDP only rank 0 computes (the others get nan)."""
+        made = isinstance(data, list) and bool(data) and "input_ids" in data[0]
+        batches: list[dict[str, torch.Tensor]] = data if made else self.eval_batches(data)  # type: ignore[assignment,arg-type]
+        if not self.procs.evaluates:
+            return float("nan")
+        with self._own_rng(), self._kernels():
+            return mean_token_loss(self.model, batches, self.autocast, self.procs.eval_module(self.forward))
+
+    def eval_batches(self, data: DataSource) -> list[dict[str, torch.Tensor]]:
+        """``data`` tokenized and collated into evaluation batches (make them once, evaluate often)."""
+        examples = self.tokenize(data).examples
+        pad = self.tokenizer.pad_token_id
+        return [collate(examples[i : i + EVAL_BATCH], pad) for i in range(0, len(examples), EVAL_BATCH)]
+
+    def describe(self) -> str:
+        """One line: the method, its adapter shape and the trainable share of the parameters."""
+        c = self.config
+        what: str = "full fine-tuning" if c.method == "full" else c.method
+        if c.method not in ("full", "ia3"):
+            what += f" r={c.r} alpha={c.lora_alpha}"
+        if c.method != "full":
+            what += f" on {c.target_modules}"
+        if c.quantize():
+            what += f" (base Linear weights in {c.quantize()})"
+        share = 100 * self.trainable / self.total
+        return f"{what}: {self.trainable:,} trainable of {self.total:,} parameters ({share:.2f}%)"
+
+    # ---- state: what a checkpoint holds
+    def state_dict(self) -> dict[str, Any]:
+        """Step, optimiser, schedule and RNG states (the trained weights are the model's). In a process group this
+        is a collective (every rank's RNG state is gathered): call it on every rank."""
+        return {
+            "step": self.step_count,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng": self._rng,
+            "extra": self.procs.checkpoint_extra(self._rng),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], source: Path | str = "checkpoint") -> None:
+        """Continue from ``state`` (a ``state_dict``, or a checkpoint written by ``lorakit train``)."""
+        rank_rng = self.procs.resumed(Path(source), state.get("extra", {}))
+        self.step_count = int(state["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        else:
+            self._pending_scheduler = state.get("scheduler")
+        self._rng = _rng_from(rank_rng or state["rng"])
+
+    def save_checkpoint(self, output: Path) -> Path | None:
+        """``<output>/checkpoints/step-NNNNNN/`` (``lorakit.train.checkpoint``), written by rank 0; every rank calls
+        it. Returns the folder (None on other ranks)."""
+        state = self.state_dict()
+        with self.procs.full_params(self.forward):
+            return save_checkpoint(output, self.model, state) if self.procs.is_main else None
+
+    def load_checkpoint(self, folder: Path) -> None:
+        """Weights and state from a checkpoint folder ``save_checkpoint`` wrote."""
+        self.load_state_dict(load_checkpoint(folder, self.model), folder)
+
+    def save(self, output: Path, initial_adapter: Path | None = None) -> None:
+        """The trained result, written by rank 0 (every rank calls it): the adapter in peft's format, or for full
+        fine-tuning a whole model folder (model and tokenizer) that ``lorakit.load_model`` reads."""
+        with self.procs.full_params(self.forward):  # FSDP2: gather the sharded adapter whole to write one file
+            if not self.procs.is_main:
+                return
+            if self.config.method == "full":
+                self.model.save_pretrained(output)  # type: ignore[operator]
+                self.tokenizer.save_pretrained(output)
+            else:
+                save_adapter(self.model, output, initial_adapter=initial_adapter)
+
+    # ---- internals
+    def _start_schedule(self, total: int) -> None:
+        self.total_steps = total
+        for group in self.optimizer.param_groups:  # a LambdaLR scales the initial lr: start from it again
+            group["lr"] = group.setdefault("initial_lr", group["lr"])
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule(self.config, total))
+        if self._pending_scheduler is not None:  # resumed before the run's length was known
+            self.scheduler.load_state_dict(self._pending_scheduler)
+            self._pending_scheduler = None
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
+                group["lr"] = lr  # the rate of the step the run continues from, not of step 0
+
+    @contextlib.contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        """Inside: the global torch generators hold the trainer's state; outside, the caller's, untouched."""
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+            torch.set_rng_state(self._rng["torch"])
+            if cuda and "cuda" in self._rng:
+                torch.cuda.set_rng_state(self._rng["cuda"], cuda[0])
+            try:
+                yield
+            finally:
+                self._rng = {"torch": torch.get_rng_state()}
+                if cuda:
+                    self._rng["cuda"] = torch.cuda.get_rng_state(cuda[0])
+
+    def _kernels(self) -> contextlib.AbstractContextManager[None]:
+        """fp32 attention for a bf16 run on a CPU, where PyTorch's kernel is faster in fp32 than in bf16."""
+        if self.autocast is not None and self.device.type == "cpu":
+            return fp32_attention(self.model)
+        return contextlib.nullcontext()
+
+
+def _complete(batch: Batch) -> dict[str, torch.Tensor]:
+    """A batch with every key the loss reads: a missing mask is all ones, missing labels are the input ids."""
+    if "input_ids" not in batch:
+        raise ValueError(f"a batch needs input_ids, got keys {sorted(batch)}")
+    out = dict(batch)
+    out.setdefault("attention_mask", torch.ones_like(out["input_ids"]))
+    out.setdefault("labels", out["input_ids"])
+    return out
+
+
+def _seeded_state(seed: int, device: torch.device) -> dict[str, Any]:
+    """Generator states of ``seed`` for the CPU (and the model's CUDA device), made without touching the globals."""
+    state = {"torch": torch.Generator().manual_seed(seed).get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.Generator(device=device).manual_seed(seed).get_state()
+    return state
+
+
+def _rng_from(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """The trainer's RNG state from a checkpoint's (older checkpoints also hold Python's, which is not used)."""
+    return {k: v for k, v in saved.items() if k in ("torch", "cuda")}
