@@ -23,7 +23,7 @@ from lorakit.layers import output_head
 MIN_SHARED_PREFIX = 8  # below this, a separate prefix pass costs more than it saves
 HEAD_CHUNK = 256  # label positions per head chunk: 256 x 49,152 fp32 logits are 50 MB (not 201 MB per 4 x 256 batch)
 HEAD_ROWS_MULTIPLE = 64  # the last chunk is padded to a multiple of this: a handful of shapes over a run, not one per
-# label count (oneDNN caches kernels per shape and the heap fragments around them; see lorakit.memory)
+# label count (oneDNN caches kernels per shape and the heap fragments around them; see lorakit.cli.process)
 
 
 def _backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:

@@ -1,4 +1,4 @@
-"""lorakit.memory against glibc itself: what the mmap threshold does, observed through mallinfo2."""
+"""lorakit.cli.process (lorakit train's allocator tuning) against glibc: what the mmap threshold does (mallinfo2)."""
 
 from __future__ import annotations
 

@@ -164,3 +164,15 @@ def test_nothing_outside_the_model_changes(tiny_model_dir: Path, small_chat_data
     assert model.config._attn_implementation == "sdpa", "the model itself is left on sdpa between steps"
     with torch.no_grad():
         assert torch.equal(untouched(ids, attention_mask=mask).logits, reference)
+
+
+@pytest.mark.integration
+def test_the_readme_example_trains_the_built_in_model_with_plain_transformers(tmp_path: Path) -> None:
+    import runpy
+
+    example = runpy.run_path(str(Path(__file__).resolve().parents[2] / "examples" / "train_in_python.py"))
+    result = example["main"](["--steps", "2", "--output", str(tmp_path / "adapter")])
+    assert result.steps == 2 and result.final_loss < 5
+    model, _ = lorakit.load_model()
+    lorakit.load_adapter(model, tmp_path / "adapter")
+    assert len(lorakit.adapters.adapter_configs(model)) == 1
