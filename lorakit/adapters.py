@@ -6,7 +6,7 @@ Every state change is an explicit call. The configs of the adapters a model carr
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -38,12 +38,15 @@ def adapter_modules(model: nn.Module) -> Iterator[tuple[str, AdapterModule]]:
             yield name, module
 
 
-def _check_known(model: nn.Module, names: Sequence[str]) -> None:
+def check_known(model: nn.Module, names: Iterable[str | None], where: str = "") -> dict[str, AdapterConfig]:
+    """The model's adapter configs, after checking each of ``names`` is one of them (None is skipped): an unknown
+    name is an AdapterError that lists the adapters there are (``where`` prefixes the message)."""
     known = adapter_configs(model)
     for name in names:
-        if name not in known:
+        if name is not None and name not in known:
             listed = ", ".join(repr(k) for k in known) or "none"
-            raise AdapterError(f"unknown adapter {name!r}; the model has: {listed}")
+            raise AdapterError(f"{where}unknown adapter {name!r}; the model has: {listed}")
+    return known
 
 
 def _check_name(name: str) -> None:
@@ -191,7 +194,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 def set_adapters(model: nn.Module, names: Sequence[str] | str) -> None:
     """Make exactly ``names`` active; their updates add up where several touch the same layer."""
     names = [names] if isinstance(names, str) else list(names)
-    _check_known(model, names)
+    check_known(model, names)
     for _, module in adapter_modules(model):
         module.active_adapters = [n for n in names if n in module.adapter_names]
 
@@ -223,7 +226,7 @@ def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
 
 def delete_adapter(model: nn.Module, name: str) -> None:
     """Remove adapter ``name`` everywhere; layers left with no adapter go back to their plain module."""
-    _check_known(model, [name])
+    check_known(model, [name])
     for module_name, module in list(adapter_modules(model)):
         module.remove(name)
         if not module.adapter_names:
@@ -239,7 +242,7 @@ def merge_adapters(model: nn.Module, names: Sequence[str] | None = None, safe: b
     that layer. Merged adapters are skipped in the forward pass, so outputs do not change.
     """
     names = active_adapters(model) if names is None else list(names)
-    _check_known(model, names)
+    check_known(model, names)
     for module_name, module in adapter_modules(model):
         if isinstance(module, LoraLayer):
             try:

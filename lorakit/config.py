@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 BiasMode = Literal["none", "all", "lora_only"]
 InitMode = bool | str
@@ -57,6 +57,11 @@ def _fail(field_name: str, allowed: str, got: object) -> ValueError:
 
 def _is_str_list(value: object) -> bool:
     return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+
+
+Method = Literal["lora", "dora", "ia3", "qlora", "full"]
+METHODS: tuple[Method, ...] = get_args(Method)
+"""What lorakit trains: LoRA, DoRA, IA3, QLoRA (LoRA on a quantised base) and full fine-tuning."""
 
 
 @dataclass(frozen=True)

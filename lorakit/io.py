@@ -22,6 +22,7 @@ from lorakit.adapters import (
     adapter_configs,
     adapter_modules,
     add_adapter,
+    check_known,
     delete_adapter,
     mark_trainable,
     set_adapters,
@@ -93,9 +94,7 @@ def save_adapter(
     training). The adapter is then written as a plain LoRA adapter of rank 2r relative to the *original* base
     weights, so it loads on an unmodified base (peft's ``path_initial_model_for_weight_conversion``).
     """
-    configs = adapter_configs(model)
-    if name not in configs:
-        raise AdapterError(f"unknown adapter {name!r}; the model has: {', '.join(map(repr, configs)) or 'none'}")
+    configs = check_known(model, [name])
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter_tensors(model, name).items()}
     config_obj = configs[name]
     if initial_adapter is not None:

@@ -27,15 +27,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lorakit.config import AdapterConfig, IA3Config, LoraConfig
+from lorakit.config import METHODS, AdapterConfig, IA3Config, LoraConfig, Method
 from lorakit.errors import LorakitError
 from lorakit.layers import is_gpt2_conv1d, is_linear_like, output_head, weight_of
 from lorakit.models import is_builtin
 from lorakit.targeting import FEEDFORWARD_NAMES, ia3_config, parse_target_modules, resolve_config, select_modules
 
-Method = Literal["lora", "dora", "qlora", "ia3", "full"]
 PlanPrecision = Literal["fp32", "bf16", "fp16", "autocast"]
-METHODS: tuple[Method, ...] = ("full", "lora", "dora", "qlora", "ia3")
+PLAN_METHODS: tuple[Method, ...] = ("full", *(m for m in METHODS if m != "full"))  # the table's columns
 PRECISIONS: tuple[PlanPrecision, ...] = ("fp32", "bf16", "fp16", "autocast")
 
 # Published shapes. GPT-3 175B (Brown et al. 2020, table 2.1) is written as a Starcoder2 config: the same
@@ -316,7 +315,7 @@ def adapter_file_bytes(method: Method, trainable: int, n_tensors: int, precision
     return trainable * per + 100 * n_tensors
 
 
-def plan_methods(spec: str | None, settings: PlanSettings, methods: tuple[Method, ...] = METHODS
+def plan_methods(spec: str | None, settings: PlanSettings, methods: tuple[Method, ...] = PLAN_METHODS
                  ) -> tuple[str, int, dict[str, MethodPlan]]:  # fmt: skip
     """(model name, base parameters, per-method plan) for ``spec`` at ``settings``."""
     config = model_config(spec)

@@ -7,13 +7,14 @@ import json
 from typing import Any
 
 from lorakit.cli.common import positive
+from lorakit.config import METHODS
 from lorakit.errors import LorakitError
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("plan", help="trainable parameters and training memory per method, from the config alone")
     p.add_argument("--model", help="preset (smollm2-135m, llama-3-8b, llama-2-70b, gpt3-175b), config.json or folder")
-    p.add_argument("--method", choices=["lora", "dora", "qlora", "ia3", "full"], default="lora",
+    p.add_argument("--method", choices=METHODS, default="lora",
                    help="the method --json reports counts for (the table shows all)")  # fmt: skip
     p.add_argument("--r", type=positive, default=16, help="LoRA rank")
     p.add_argument("--target-modules", default="all-linear", help="comma list, regex or all-linear")

@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from lorakit.adapters import adapter_configs, adapter_modules, add_adapter
+from lorakit.adapters import adapter_modules, add_adapter, check_known
 from lorakit.config import AdapterConfig, IA3Config, LoraConfig
 from lorakit.errors import AdapterError
 from lorakit.layers import Conv, Embedding, Linear, LoraLayer, weight_of
@@ -116,14 +116,12 @@ def combine_adapters(
         raise AdapterError(f"combine_adapters method must be 'cat', 'linear' or 'svd', got {method!r}")
     if rank is not None and (rank <= 0 or method != "svd"):
         raise AdapterError("combine_adapters rank= is a positive integer, for method='svd' only")
-    configs = adapter_configs(model)
+    configs = check_known(model, names)
     if name in configs:
         raise AdapterError(f"adapter {name!r} already exists; pick another name for the combination")
     chosen: list[LoraConfig] = []
     for adapter in names:
-        config = configs.get(adapter)
-        if config is None:
-            raise AdapterError(f"unknown adapter {adapter!r}; the model has: {', '.join(map(repr, configs)) or 'none'}")
+        config = configs[adapter]
         problem = not_combinable(config)
         if problem is not None:
             raise AdapterError(f"adapter {adapter!r}: {problem}")

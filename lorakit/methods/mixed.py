@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lorakit.adapters import adapter_configs, adapter_modules
+from lorakit.adapters import adapter_configs, adapter_modules, check_known
 from lorakit.config import LoraConfig
 from lorakit.errors import AdapterError
 from lorakit.layers import Embedding, Linear, LoraLayer, weight_of
@@ -166,11 +166,7 @@ def _row_delta(layer: LoraLayer, stack: _Stack, slots: torch.Tensor) -> Callable
 
 
 def _check(model: nn.Module, rows: Sequence[str | None]) -> None:
-    known = adapter_configs(model)
-    for name in rows:
-        if name is not None and name not in known:
-            listed = ", ".join(repr(k) for k in known) or "none"
-            raise AdapterError(f"row_adapters: unknown adapter {name!r}; the model has: {listed}")
+    known = check_known(model, rows, where="row_adapters: ")
     for name in {n for n in rows if n is not None}:
         config = known[name]
         if not isinstance(config, LoraConfig) or getattr(config, "use_dora", False):

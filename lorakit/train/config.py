@@ -14,12 +14,10 @@ import difflib
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lorakit.config import AdapterConfig, LoraConfig, is_init_mode
+from lorakit.config import METHODS, AdapterConfig, LoraConfig, Method, is_init_mode
 from lorakit.targeting import ia3_config, parse_target_modules
 
 Precision = Literal["auto", "fp32", "bf16"]
-Method = Literal["lora", "dora", "ia3", "qlora", "full"]
-METHODS: tuple[str, ...] = ("lora", "dora", "ia3", "qlora", "full")
 Schedule = Literal["cosine", "linear", "constant"]
 
 
