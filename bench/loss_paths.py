@@ -21,7 +21,7 @@ import lorakit
 from lorakit.data.batching import batch_order, collate
 from lorakit.data.jsonl import read_jsonl
 from lorakit.data.tokenize import tokenize_dataset
-from lorakit.loss import token_loss_sum
+from lorakit.loss import label_count, token_loss_sum
 from lorakit.tasks.contacts import builtin_path
 
 
@@ -58,7 +58,7 @@ def main() -> None:
             start = time.perf_counter()
             with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
                 loss = loss_fn(model, batch)
-            (loss / int((batch["labels"][:, 1:] != -100).sum())).backward()
+            (loss / label_count(batch)).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if step > 0:  # the first batch warms up oneDNN kernels

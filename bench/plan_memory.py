@@ -72,6 +72,7 @@ def largest_batch() -> tuple[int, int, int]:
     """(batch size, padded length, label tokens) of the largest micro-batch among the first STEPS."""
     from lorakit.data.jsonl import read_jsonl
     from lorakit.data.tokenize import tokenize_dataset
+    from lorakit.loss import label_count
     from lorakit.tasks.contacts import builtin_path
     from lorakit.train.config import TrainConfig
     from lorakit.train.trainer import MicroBatches
@@ -87,9 +88,7 @@ def largest_batch() -> tuple[int, int, int]:
     batches = MicroBatches(
         examples, config.batch_size, config.seed, pad_id, pad_to_multiple_of=config.pad_to_multiple_of
     )
-    shapes = [
-        (b["input_ids"].shape, int((b["labels"][:, 1:] != -100).sum())) for b in (batches[m] for m in range(STEPS))
-    ]
+    shapes = [(b["input_ids"].shape, label_count(b)) for b in (batches[m] for m in range(STEPS))]
     (rows, length), labels = max(shapes, key=lambda s: s[0][0] * s[0][1])
     return int(rows), int(length), labels
 

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from lorakit.cli.common import positive
 from lorakit.data.jsonl import read_jsonl
 from lorakit.errors import LorakitError
+from lorakit.files import write_text_atomic
 from lorakit.tasks.contacts import builtin_path as contacts_path
 from lorakit.tasks.knowledge import builtin_path as knowledge_path
 from lorakit.tasks.knowledge import normalise
@@ -127,7 +128,7 @@ def _subset(data: str, n: int | None, folder: Path) -> str:
         return data
     path = folder / f"subset-{Path(data).name}"
     lines = Path(data).read_text(encoding="utf-8").splitlines()[:n]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text_atomic(path, "\n".join(lines) + "\n")
     return str(path)
 
 
@@ -244,7 +245,7 @@ def run_compare(tasks: list[Task], methods: list[MethodSpec], steps: int | None,
             result.probe = probe(trained, tokenizer, keep)[0]
             print(f"lorakit compare: {setup.task}: {spec.label}: {result.score}, probe {result.probe}", flush=True)
             results.append(result)
-            (output / "results.json").write_text(json.dumps([r.__dict__ for r in results], indent=2) + "\n")
+            write_text_atomic(output / "results.json", json.dumps([r.__dict__ for r in results], indent=2) + "\n")
     settings = {
         "tasks": {s.task: {"steps": s.steps, "batch_size": s.batch_size, "n_test": s.n_test, "n_train": s.n_train,
                            "data": Path(s.data).name} for s in setups},

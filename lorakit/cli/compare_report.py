@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lorakit.files import atomic_write, write_text_atomic
 from lorakit.plan import human
 
 TASK_TITLES = {"format": "format (contacts JSON)", "knowledge": "knowledge (invented facts, paraphrased questions)"}
@@ -60,7 +61,7 @@ def plot(results: list[Any], tasks: list[str], output: Path) -> list[str]:
         ax.grid(alpha=0.3)
     axes[0][0].legend(loc="best", fontsize=8)
     fig.tight_layout()
-    fig.savefig(output / "score_vs_params.png", dpi=110)
+    atomic_write(output / "score_vs_params.png", lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -82,19 +83,20 @@ def plot(results: list[Any], tasks: list[str], output: Path) -> list[str]:
         ax.grid(alpha=0.3)
     fig.suptitle("learning vs forgetting (up = more forgetting, right = more learning)")
     fig.tight_layout()
-    fig.savefig(output / "learning_vs_forgetting.png", dpi=110)
+    atomic_write(output / "learning_vs_forgetting.png", lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
     return ["score_vs_params.png", "learning_vs_forgetting.png"]
 
 
 def write_report(output: Path, results: list[Any], settings: dict[str, Any], machine: str, command: str) -> Path:
     tasks = list(dict.fromkeys(r.task for r in results))
-    (output / "results.json").write_text(
+    write_text_atomic(
+        output / "results.json",
         json.dumps(
             {"settings": settings, "machine": machine, "command": command, "results": [r.__dict__ for r in results]},
             indent=2,
         )
-        + "\n"
+        + "\n",
     )
     images = plot(results, tasks, output)
     lines = [
@@ -116,5 +118,5 @@ def write_report(output: Path, results: list[Any], settings: dict[str, Any], mac
                   _table(results, task), ""]  # fmt: skip
     lines += [f"![{name}]({name})" for name in images]
     path = output / "report.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text_atomic(path, "\n".join(lines) + "\n")
     return path

@@ -16,6 +16,7 @@ from typing import Any
 from lorakit.cli.common import positive
 from lorakit.cli.train import RunConfig, run
 from lorakit.eval.run import evaluate_contacts, markdown_table, prepare_for_inference, summary, write_json
+from lorakit.files import write_text_atomic
 from lorakit.io import load_adapter
 from lorakit.models import load_model
 from lorakit.tasks.contacts import SYSTEM_PROMPT
@@ -43,8 +44,8 @@ def run_demo(output: str | None = None, base_limit: int = 100) -> dict[str, dict
     write_json(out / "demo_eval.json", {"base": base, "adapter": tuned})
     rows = {"base model": summary(base), "with adapter": summary(tuned)}
     table = markdown_table([{"model": name, **scores} for name, scores in rows.items()])
-    with open(out / "README.md", "a", encoding="utf-8") as card:
-        card.write(f"\n## Held-out contacts scores (lorakit demo)\n\n{table}\n")
+    card = (out / "README.md").read_text(encoding="utf-8")
+    write_text_atomic(out / "README.md", card + f"\n## Held-out contacts scores (lorakit demo)\n\n{table}\n")
     minutes = (time.perf_counter() - started) / 60
     print(f"\n{table}\n")
     print(f"done in {minutes:.1f} min. In {out}/:")

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lorakit.errors import DataError
+from lorakit.files import write_text_atomic
 from lorakit.tasks.contacts_spec import POOL_SPEC, STYLE_SPEC
 
 SYSTEM_PROMPT = (
@@ -418,8 +419,7 @@ def write_builtin(out_dir: str | Path) -> dict[str, Path]:
     paths: dict[str, Path] = {}
     for split, records in (("train", train), ("eval", evals)):
         paths[split] = out / f"contacts_{split}.jsonl"
-        with paths[split].open("w", encoding="utf-8", newline="\n") as handle:
-            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        write_text_atomic(paths[split], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return paths
 
 

@@ -16,6 +16,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from lorakit.files import write_text_atomic
+
 SEED = 20240601
 PER_RELATION = 44
 BUILTIN = Path(__file__).parent / "builtin"
@@ -121,8 +123,7 @@ def write_builtin(out_dir: Path = BUILTIN) -> dict[str, Path]:
     paths = {}
     for split, records in (("train", train), ("test", test)):
         paths[split] = out_dir / f"knowledge_{split}.jsonl"
-        with paths[split].open("w", encoding="utf-8", newline="\n") as handle:
-            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        write_text_atomic(paths[split], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return paths
 
 
