@@ -35,27 +35,27 @@ class Parser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
+        prog = self.prog
         if message.startswith("unrecognized arguments:"):
             unknown = message.split(":", 1)[1].split()
             first = next((u for u in unknown if u.startswith("-")), unknown[0] if unknown else "")
-            message = self._unknown_flag(first.split("=")[0])
-        raise LorakitError(f"{self.prog.removeprefix('lorakit ')}: {message}" if " " in self.prog else message)
+            message, chosen = self._unknown_flag(first.split("=")[0])
+            prog = f"{prog} {chosen}" if chosen and " " not in prog else prog
+        raise LorakitError(f"{prog.removeprefix('lorakit ')}: {message}" if " " in prog else message)
 
-    def _unknown_flag(self, flag: str) -> str:
-        """"unknown flag --x", with the closest flag of the subcommand run (or of the whole tool without one), or the
-        commands that do take it."""
+    def _unknown_flag(self, flag: str) -> tuple[str, str | None]:
+        """("unknown flag --x" with the commands that take it, or the closest flag of the subcommand run, or of the
+        whole tool without one; the subcommand run)."""
         commands = {name: p for a in self._actions if isinstance(a, argparse._SubParsersAction)
                     for name, p in a.choices.items()}  # fmt: skip
         chosen = next((t for t in self._argv or [] if t in commands), None)
+        others = [n for n, p in commands.items() if n != chosen and any(flag in a.option_strings for a in p._actions)]
+        if chosen and others:
+            return f"unknown flag {flag}: lorakit {chosen} has no {flag} ({', '.join(others)} take it)", chosen
         parsers = [self, commands[chosen]] if chosen else [self, *commands.values()]
         flags = [s for p in parsers for a in p._actions for s in a.option_strings if s.startswith("--")]
         close = difflib.get_close_matches(flag, flags, n=1)
-        if close and close[0] != flag:
-            return f"unknown flag {flag} (did you mean {close[0]}?)"
-        others = [n for n, p in commands.items() if n != chosen and any(flag in a.option_strings for a in p._actions)]
-        if chosen and others:
-            return f"unknown flag {flag}: lorakit {chosen} has no {flag} ({', '.join(others)} take it)"
-        return f"unknown flag {flag}"
+        return f"unknown flag {flag}" + (f" (did you mean {close[0]}?)" if close else ""), chosen
 
 
 # The names TRL, peft and transformers' TrainingArguments use for lorakit's flags, accepted as aliases.
