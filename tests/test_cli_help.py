@@ -60,19 +60,28 @@ def test_trl_and_peft_names_are_aliases() -> None:
     config = train_config_from(args, RunConfig)
     assert (config.r, config.lr, config.epochs, config.batch_size, config.grad_accum) == (8, 3e-4, 2.0, 4, 2)
     assert (config.target_modules, config.seq_len, config.lr_schedule, config.output) == (
-        "q_proj,v_proj", 512, "linear", "runs/x")
+        "q_proj,v_proj",
+        512,
+        "linear",
+        "runs/x",
+    )
 
 
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["compare", "--data", "x"], "compare: unknown flag --data: lorakit compare has no --data (train, eval take it)"),
+        (
+            ["compare", "--data", "x"],
+            "compare: unknown flag --data: lorakit compare has no --data (train, eval take it)",
+        ),
         (["train", "--lora-rnk", "4"], "train: unknown flag --lora-rnk (did you mean --lora-rank?)"),
         (["eval", "--adaptor", "x"], "eval: unknown flag --adaptor (did you mean --adapter?)"),
     ],
 )
 def test_unknown_flags_suggest_a_flag_of_the_command_run(argv: list[str], expected: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "lorakit", *argv], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "lorakit", *argv], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert done.returncode == 2
     assert done.stderr.strip() == f"lorakit: error: {expected}"
 
@@ -83,7 +92,13 @@ def test_no_flags_is_the_demo_and_data_defaults_to_epochs() -> None:
 
     demo = train_config_from(build_parser().parse_args(["train"]), RunConfig)
     assert (demo.max_steps, demo.lr, demo.seq_len, demo.seed, demo.batch_size, demo.warmup_steps) == (
-        240, 1e-3, 384, 0, 8, 5)
+        240,
+        1e-3,
+        384,
+        0,
+        8,
+        5,
+    )
     mine = train_config_from(build_parser().parse_args(["train", "--data", "mine.jsonl"]), RunConfig)
     assert (mine.max_steps, mine.epochs, mine.lr) == (0, 3.0, 2e-4)
     full = train_config_from(build_parser().parse_args(["train", "--data", "m.jsonl", "--method", "full"]), RunConfig)

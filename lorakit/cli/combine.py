@@ -142,7 +142,8 @@ def add_parser(sub: Any) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    done = combine_to_folder(common_base(args.model, args.adapter), args.adapter, parse_weights(args.weights), args.output, args.method,
+    base = common_base(args.model, args.adapter)
+    done = combine_to_folder(base, args.adapter, parse_weights(args.weights), args.output, args.method,
                              args.rank, args.overwrite, args.trust_remote_code)  # fmt: skip
     print(f"combined {len(args.adapter)} adapter(s) with method {done.method} into a rank-{done.rank} adapter "
           f"in {done.folder}/")  # fmt: skip

@@ -218,7 +218,9 @@ def system_prompt_for(system: str | None, adapter: str | None) -> str | None:
         return system or None
     prompt = adapter_origin(adapter).system_prompt
     if prompt:
-        print(f"lorakit: {adapter}: using the system prompt it was trained with (--system '' for none)", file=sys.stderr)
+        print(
+            f"lorakit: {adapter}: using the system prompt it was trained with (--system '' for none)", file=sys.stderr
+        )
     return prompt
 
 

@@ -34,7 +34,8 @@ SHOWN = ("n", "exact_match", "token_f1", "rouge_l", "json_valid", "field_accurac
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("eval", help="a model, or an adapter beside its base, on held-out data")
     p.add_argument("--task", choices=TASKS, default="auto",
-                   help="auto: contacts without --data, loss for text records, generation for chat/completion records")  # fmt: skip
+                   help="auto: contacts without --data, loss for text records, generation for chat/completion "
+                   "records")  # fmt: skip
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--adapter", help=ADAPTER_HELP + "; evaluated beside its base")
     p.add_argument("--data", help="held-out data, any format lorakit train reads (default for contacts: the built-in "

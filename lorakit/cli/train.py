@@ -283,7 +283,9 @@ def _run(config: RunConfig, progress: bool, started: float) -> RunResult:
     if system_prompt is not None:  # the model learnt to answer under it: chat, generate and serve send it
         write_text_atomic(output / SYSTEM_PROMPT_FILE, system_prompt)
     if config.eval_split:
-        write_text_atomic(output / HELD_OUT_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in eval_records))
+        write_text_atomic(
+            output / HELD_OUT_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in eval_records)
+        )
     info["system_prompt"] = system_prompt
     write_text_atomic(output / "README.md", model_card(info))
     write_text_atomic(output / SUMMARY_FILE, json.dumps(info, indent=2) + "\n")

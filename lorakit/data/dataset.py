@@ -26,7 +26,8 @@ class Dataset:
         """One log line: size, tokens and what truncation did."""
         s = self.stats
         return (
-            f"{self.source} ({self.data_format}): {s.n_records} examples, {s.n_tokens:,} tokens ({s.n_label_tokens:,} trained on); "
+            f"{self.source} ({self.data_format}): {s.n_records} examples, {s.n_tokens:,} tokens "
+            f"({s.n_label_tokens:,} trained on); "
             f"{s.n_truncated} truncated to --seq-len {seq_len}, {s.n_skipped} skipped (nothing left to learn after "
             "truncation)"
         )

@@ -2,8 +2,8 @@
 
 | format | a record | becomes |
 |---|---|---|
-| ``chat`` | ``{"messages": [{"role", "content"}, ...], "tools"?}`` (OpenAI's fine-tuning format included) | chat |
-| ``completion`` | ``{"prompt": str, "completion": str}``, or both as message lists (TRL's conversational form) | completion or chat |
+| ``chat`` | ``{"messages": [{"role", "content"}, ...], "tools"?}`` (OpenAI's fine-tuning format too) | chat |
+| ``completion`` | ``{"prompt": str, "completion": str}``, or both as message lists (TRL's) | completion, chat |
 | ``text`` | ``{"text": str}`` | text |
 | ``sharegpt`` | ``{"conversations": [{"from": "human" \\| "gpt" \\| "system", "value"}, ...], "system"?}`` | chat |
 | ``alpaca`` | ``{"instruction", "input"?, "output", "system"?, "history"?}`` | chat |

@@ -35,7 +35,11 @@ def read_rows(source: str) -> Rows:
     """The raw rows of ``source``, each with where it is."""
     path = Path(source).expanduser()
     if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "state.json").exists() or (path / "dataset_dict.json").exists():
+        if (
+            (path / "dataset_info.json").exists()
+            or (path / "state.json").exists()
+            or (path / "dataset_dict.json").exists()
+        ):
             return _disk_rows(path, source)
         raise DataError(source, "is a directory, expected a data file or a folder written by datasets' save_to_disk")
     if path.is_file():
@@ -113,7 +117,9 @@ def _hub_rows(source: str) -> Rows:
     """``owner/name[:split]`` from the Hub (or the local Hub cache when offline); split "train" by default."""
     datasets = _optional("datasets", source)
     name, _, split = source.partition(":")
-    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    offline = any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
     try:
         loaded = datasets.load_dataset(name, split=split or "train")
     except Exception as exc:  # the Hub's errors have no common base: connection, not found, gated, bad split

@@ -18,9 +18,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from lorakit.adapters import adapter_configs, delete_adapter
 from lorakit.errors import LorakitError
 from lorakit.eval.generate import prompt_ids
-from lorakit.origin import check_same_base
 from lorakit.io import load_adapter
 from lorakit.methods.mixed import row_adapters
+from lorakit.origin import check_same_base
 from lorakit.serve.engine import Engine, Event, Sampling
 from lorakit.serve.engine import Request as EngineRequest
 from lorakit.serve.protocol import (

@@ -111,7 +111,9 @@ class MicroBatches:
         rows = [row for batch in self.order(epoch) for row in batch]
         lengths = [sum(self.lengths[i] for i in row) for row in rows]
         k = iter(range(len(rows)))
-        return padding_waste(lengths, [[next(k) for _ in batch] for batch in self.order(epoch)], self.pad_to_multiple_of)
+        return padding_waste(
+            lengths, [[next(k) for _ in batch] for batch in self.order(epoch)], self.pad_to_multiple_of
+        )
 
     def __getitem__(self, m: int) -> dict[str, torch.Tensor]:
         epoch, index = divmod(m, self.per_epoch)

@@ -21,7 +21,10 @@ from lorakit.errors import DataError, LorakitError
 
 CHAT = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
 ALPACA_EXPECTED = {
-    "messages": [{"role": "user", "content": "Translate to French\n\ncheese"}, {"role": "assistant", "content": "fromage"}]
+    "messages": [
+        {"role": "user", "content": "Translate to French\n\ncheese"},
+        {"role": "assistant", "content": "fromage"},
+    ]
 }
 
 
@@ -125,7 +128,9 @@ def test_openai_weight_zero_is_context_not_target(smollm2_tokenizer: Any) -> Non
     assert labelled_text(tok, example) == ["Paris.<|im_end|>"]
 
 
-@pytest.mark.parametrize(("weight", "message"), [(2, "must be 0 or 1, got 2"), (0, "every assistant message has weight 0")])
+@pytest.mark.parametrize(
+    ("weight", "message"), [(2, "must be 0 or 1, got 2"), (0, "every assistant message has weight 0")]
+)
 def test_openai_weight_errors(weight: int, message: str) -> None:
     with pytest.raises(DataError, match=message):
         validate_records([{"messages": [{"role": "user", "content": "a"},
@@ -145,7 +150,8 @@ TOOL_RECORD = {
     "messages": [
         {"role": "user", "content": "Weather in Paris?"},
         {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 21}'},
         {"role": "assistant", "content": "21 degrees."},
     ],
@@ -242,7 +248,8 @@ def test_parquet_with_nested_messages(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     weighted = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "weight": 0},
-                             {"role": "user", "content": "c"}, {"role": "assistant", "content": "d", "weight": 1}]}  # fmt: skip
+                             {"role": "user", "content": "c"},
+                             {"role": "assistant", "content": "d", "weight": 1}]}  # fmt: skip
     path = tmp_path / "d.parquet"
     pq.write_table(pa.Table.from_pylist([CHAT, weighted]), path)  # Arrow fills a missing "weight" with null
     records = read_data(path).records
@@ -274,7 +281,7 @@ def test_a_hub_name_without_network_is_one_line(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env["HF_HOME"] = str(tmp_path / "hf")  # an empty cache: nothing to fall back on
     done = subprocess.run(
-        [sys.executable, "-m", "lorakit", "train", "--data", "someone/no-such-dataset", "--output", str(tmp_path / "r")],
+        [sys.executable, "-m", "lorakit", "train", "--data", "someone/no-such-dataset", "--output", str(tmp_path)],
         capture_output=True, text=True, env=env, timeout=300, cwd=Path(__file__).resolve().parents[2],
     )  # fmt: skip
     assert done.returncode == 2, done.stderr

@@ -29,7 +29,10 @@ def error_for(tmp_path: Path, *lines: str | bytes) -> DataError:
 def test_reads_both_formats_skips_blank_lines_and_drops_extra_keys(tmp_path: Path) -> None:
     chat = {"id": 7, "messages": [{"role": "system", "content": "Be brief.", "name": "x"}, *CHAT["messages"]]}
     path = write(tmp_path, json.dumps(chat), "", "   ", json.dumps(CHAT), "")
-    assert read_jsonl(str(path)) == [{"messages": [{"role": "system", "content": "Be brief."}, *CHAT["messages"]]}, CHAT]
+    assert read_jsonl(str(path)) == [
+        {"messages": [{"role": "system", "content": "Be brief."}, *CHAT["messages"]]},
+        CHAT,
+    ]
     path = write(tmp_path, json.dumps({**COMPLETION, "source": "math"}), "", json.dumps(COMPLETION))
     assert read_jsonl(str(path)) == [COMPLETION, COMPLETION]
 

@@ -39,8 +39,8 @@ def _loss_and_grads(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
 def test_packed_rows_give_the_loss_and_gradients_of_the_unpacked_batch(dtype: torch.dtype) -> None:
     model = tiny_llama().to(dtype)
     assert model.config._attn_implementation == "sdpa"
-    add_adapter(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                      "gate_proj", "up_proj", "down_proj"]))  # fmt: skip
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    add_adapter(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
     randomize_lora_b(model)
     examples = _examples([9, 14, 5, 11, 7])
     unpacked = collate(examples, pad_id=0)
@@ -49,7 +49,9 @@ def test_packed_rows_give_the_loss_and_gradients_of_the_unpacked_batch(dtype: to
     assert packed["position_ids"][0, :12].tolist() == [*range(9), 0, 1, 2]  # positions restart per example
     loss_u, grads_u = _loss_and_grads(model, unpacked)
     loss_p, grads_p = _loss_and_grads(model, packed)
-    tol = {"atol": 1e-10, "rtol": 1e-9} if dtype == torch.float64 else {"atol": 2e-4, "rtol": 1e-4}  # fp32: sums in another order
+    tol = (
+        {"atol": 1e-10, "rtol": 1e-9} if dtype == torch.float64 else {"atol": 2e-4, "rtol": 1e-4}
+    )  # fp32: sums in another order
     torch.testing.assert_close(torch.tensor(loss_p), torch.tensor(loss_u), **tol)
     assert grads_u.keys() == grads_p.keys() and len(grads_u) == 2 * 7 * 2  # A and B of 7 modules in 2 layers
     for name in grads_u:
@@ -84,8 +86,9 @@ def test_trainer_trains_packed_rows(tiny_model_dir: Path, small_chat_data: Path)
     import lorakit
 
     model, tokenizer = lorakit.load_model(str(tiny_model_dir))
-    config = lorakit.TrainConfig(r=4, lora_alpha=8, max_steps=2, batch_size=2, lr=1e-3, packing=True, seq_len=512,
-                                 precision="bf16")  # bf16 on a CPU: the fp32 attention path with the packed mask
+    config = lorakit.TrainConfig(
+        r=4, lora_alpha=8, max_steps=2, batch_size=2, lr=1e-3, packing=True, seq_len=512, precision="bf16"
+    )  # bf16 on a CPU: the fp32 attention path with the packed mask
     trainer = lorakit.Trainer(model, tokenizer, config)
     data = trainer.tokenize(str(small_chat_data))
     batches = trainer.batches(data)
