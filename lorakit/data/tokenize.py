@@ -1,4 +1,8 @@
-"""Turning validated records into token ids and labels, with the loss only on what the model should say.
+"""Turning checked records into token ids and labels, with the loss only on what the model should say.
+
+Three shapes (``lorakit.data.formats``): chat records through the chat template, the loss on assistant messages
+whose ``weight`` is not 0; completion records as ``[bos] prompt completion eos``, the loss on ``completion eos``;
+text records as ``[bos] text eos``, the loss on every token.
 
 Chat records go through the tokenizer's own chat template, so training sees exactly the text that
 :func:`render_prompt` produces at generation time (including any default system prompt the template
