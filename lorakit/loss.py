@@ -89,20 +89,24 @@ def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], share_prefi
     targets = labels[:, 1:]  # (B, T-1)
     keep = targets != IGNORE_INDEX  # (B, T-1)
     parts = _backbone_and_head(model)
+    # Packed rows (lorakit.data.batching.collate_packed): positions restart per example and no 2-D mask is passed,
+    # so transformers masks attention block-diagonally; the rows share no prefix.
+    packed = "position_ids" in batch
+    inputs = {"position_ids": batch["position_ids"]} if packed else {"attention_mask": batch["attention_mask"]}
     if parts is None:
-        logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"]).logits[:, :-1]  # (B, T-1, V)
+        logits = model(input_ids=input_ids, **inputs).logits[:, :-1]  # (B, T-1, V)
         return F.cross_entropy(logits[keep].float(), targets[keep], reduction="sum")
     backbone, head = parts
     # transformers' checkpointed layers drop the cache, which the shared prefix needs: run whole rows then.
     checkpointed = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.2x; older: _gradient_
     if checkpointed is None:
         checkpointed = getattr(model, "is_gradient_checkpointing", False)
-    share_prefix = share_prefix and not checkpointed
+    share_prefix = share_prefix and not checkpointed and not packed
     prefix = shared_prefix_length(batch) if share_prefix else 0
     hidden = _suffix_hidden(backbone, batch, prefix) if prefix else None
     if hidden is None:
         prefix = 0
-        out: Any = backbone(input_ids=input_ids, attention_mask=batch["attention_mask"], use_cache=False)
+        out: Any = backbone(input_ids=input_ids, use_cache=False, **inputs)
         hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state  # (B, T, H)
     targets = labels[:, prefix + 1 :]  # (B, T-P-1)
     keep = targets != IGNORE_INDEX

@@ -59,8 +59,8 @@ def test_bad_value_names_the_flag() -> None:
 
 def test_unknown_yaml_key(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text("lora-alpha: 16\nlearning_rate: 0.1\n")
-    _one_line_error(_run("train", "--config", str(config)), "c.yaml", "unknown key 'learning_rate'")
+    config.write_text("lora-alpha: 16\nlora_alfa: 0.1\n")
+    _one_line_error(_run("train", "--config", str(config)), "c.yaml", "unknown key 'lora_alfa'")
 
 
 def test_missing_adapter(tmp_path: Path) -> None:

@@ -18,8 +18,8 @@ ORDER = [
     "lora_fn", "layers", "methods", "methods.inits", "methods.dora", "methods.ia3", "targeting", "adapters", "io",
     # methods that work on a model holding adapters
     "methods.mixed", "methods.combine",
-    # quantised bases, loading models (device and precision rules), estimates from a config
-    "quant", "models", "plan",
+    # quantised bases, loading models (device and precision rules), which base an adapter wants, estimates
+    "quant", "models", "origin", "plan",
     # generic data, the loss, the built-in tasks
     "data", "loss", "tasks",
     # what runs a model: evaluation (inference never imports training), training, export, serving

@@ -17,7 +17,7 @@ from lorakit._version import __version__
 from lorakit.cli import chat, combine, compare, demo, merge, plan, serve, train
 from lorakit.cli import eval as eval_command
 from lorakit.cli import generate as generate_command
-from lorakit.cli.common import Parser
+from lorakit.cli.common import Parser, explain_defaults
 from lorakit.errors import LorakitError
 
 EXIT_USER_ERROR = 2
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_parser(sub)
     for command in sub.choices.values():  # --debug also after the subcommand
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        explain_defaults(command)
     return parser
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.adapters import adapter_configs
-from lorakit.cli.common import positive, trust_remote_code_flag
+from lorakit.cli.common import base_model_for, positive, trust_remote_code_flag
 from lorakit.config import IA3Config, LoraConfig
 from lorakit.errors import LorakitError
 from lorakit.io import CONFIG_NAME, WEIGHTS_NAME, find_adapter_folder, load_adapter, read_adapter_config, save_adapter
@@ -110,9 +110,22 @@ def combine_to_folder(
     return Combined(written, used, config.r)
 
 
+def common_base(model: str | None, adapters: Sequence[str]) -> str | None:
+    """``--model``, else the base the adapters record (they must agree: adapters of different bases do not add)."""
+    from lorakit.origin import adapter_origin, same_base
+
+    if model:
+        return model
+    known = [(a, base) for a in adapters if (base := adapter_origin(a).base_model) is not None]
+    for adapter, base in known[1:]:
+        if not same_base(base, known[0][1]):
+            raise LorakitError(f"{adapter} was trained on {base}, {known[0][0]} on {known[0][1]}: they do not combine")
+    return base_model_for(None, known[0][0]) if known else None
+
+
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("combine", help="weighted adapters -> one new adapter (cat, linear or svd, as peft)")
-    p.add_argument("--model", help="base model (default: the built-in SmolLM2-135M-Instruct)")
+    p.add_argument("--model", help="base model (default: the base the adapters record, else the built-in)")
     p.add_argument("--adapter", action="append", required=True, metavar="DIR", help="an adapter folder (repeat)")
     p.add_argument("--weights", required=True, help="one weight per --adapter, comma-separated: 0.7,0.3")
     p.add_argument(
@@ -129,7 +142,8 @@ def add_parser(sub: Any) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    done = combine_to_folder(args.model, args.adapter, parse_weights(args.weights), args.output, args.method,
+    base = common_base(args.model, args.adapter)
+    done = combine_to_folder(base, args.adapter, parse_weights(args.weights), args.output, args.method,
                              args.rank, args.overwrite, args.trust_remote_code)  # fmt: skip
     print(f"combined {len(args.adapter)} adapter(s) with method {done.method} into a rank-{done.rank} adapter "
           f"in {done.folder}/")  # fmt: skip

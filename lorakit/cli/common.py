@@ -9,10 +9,14 @@ import dataclasses
 import difflib
 import inspect
 import itertools
+import os
 import sys
 import textwrap
+import types
+import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 from lorakit.errors import LorakitError
 from lorakit.train.config import TrainConfig
@@ -21,33 +25,105 @@ C = TypeVar("C", bound=TrainConfig)
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors that suggest the closest valid flag."""
+    """argparse with one-line errors that suggest the closest flag of the command being run."""
+
+    _argv: list[str] | None = None
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        if self._argv is None:
+            self._argv = list(sys.argv[1:] if args is None else args)  # for error(): which subcommand was asked for
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
+        prog = self.prog
         if message.startswith("unrecognized arguments:"):
-            parsers = [self] + [
-                p for a in self._actions if isinstance(a, argparse._SubParsersAction) for p in a.choices.values()
-            ]
-            flags = [s for p in parsers for a in p._actions for s in a.option_strings if s.startswith("--")]
             unknown = message.split(":", 1)[1].split()
             first = next((u for u in unknown if u.startswith("-")), unknown[0] if unknown else "")
-            close = difflib.get_close_matches(first.split("=")[0], flags, n=1)
-            message = f"unknown flag {first}" + (f" (did you mean {close[0]}?)" if close else "")
-        raise LorakitError(f"{self.prog.removeprefix('lorakit ')}: {message}" if " " in self.prog else message)
+            message, chosen = self._unknown_flag(first.split("=")[0])
+            prog = f"{prog} {chosen}" if chosen and " " not in prog else prog
+        raise LorakitError(f"{prog.removeprefix('lorakit ')}: {message}" if " " in prog else message)
+
+    def _unknown_flag(self, flag: str) -> tuple[str, str | None]:
+        """("unknown flag --x" with the commands that take it, or the closest flag of the subcommand run, or of the
+        whole tool without one; the subcommand run)."""
+        commands = {name: p for a in self._actions if isinstance(a, argparse._SubParsersAction)
+                    for name, p in a.choices.items()}  # fmt: skip
+        chosen = next((t for t in self._argv or [] if t in commands), None)
+        others = [n for n, p in commands.items() if n != chosen and any(flag in a.option_strings for a in p._actions)]
+        if chosen and others:
+            return f"unknown flag {flag}: lorakit {chosen} has no {flag} ({', '.join(others)} take it)", chosen
+        parsers = [self, commands[chosen]] if chosen else [self, *commands.values()]
+        flags = [s for p in parsers for a in p._actions for s in a.option_strings if s.startswith("--")]
+        close = difflib.get_close_matches(flag, flags, n=1)
+        return f"unknown flag {flag}" + (f" (did you mean {close[0]}?)" if close else ""), chosen
+
+
+# The names TRL, peft and transformers' TrainingArguments use for lorakit's flags, accepted as aliases.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "r": ("--lora-r", "--lora-rank"),
+    "lr": ("--learning-rate",),
+    "batch_size": ("--per-device-train-batch-size",),
+    "epochs": ("--num-train-epochs",),
+    "grad_accum": ("--gradient-accumulation-steps",),
+    "target_modules": ("--lora-target-modules",),
+    "seq_len": ("--max-seq-length", "--max-length"),
+    "lr_schedule": ("--lr-scheduler-type",),
+    "model": ("--model-name-or-path",),
+    "output": ("--output-dir",),
+    "save_every": ("--save-steps",),
+    "eval_every": ("--eval-steps",),
+    "data": ("--dataset-name",),
+}
 
 
 def config_flags(parser: argparse.ArgumentParser, cls: type[TrainConfig]) -> None:
-    """``--config FILE.yaml`` and one flag per field of ``cls``, with the field's docstring line as help."""
+    """``--config FILE.yaml`` and one flag per field of ``cls`` (plus its TRL/peft aliases), with the field's
+    docstring line, its default and, for a ``Literal``, the allowed values as help."""
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file whose keys mirror these flags")
     docs = _field_docs(cls)
+    hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        flag = "--" + field.name.replace("_", "-")
-        doc = f"{docs.get(field.name, '')} (default: {getattr(cls, field.name, None)})"
-        if field.type in ("bool",):
-            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=doc)
+        flags = ["--" + field.name.replace("_", "-"), *ALIASES.get(field.name, ())]
+        kind, choices = _flag_type(hints[field.name])
+        default = getattr(cls, field.name, None)
+        allowed = f"; one of {', '.join(map(str, choices))}" if choices else ""
+        doc = f"{docs.get(field.name, '')} (default: {_shown(default)}{allowed})"
+        if kind is bool:
+            parser.add_argument(*flags, dest=field.name, action="store_true", default=argparse.SUPPRESS, help=doc)
             continue
-        kind = {"int": int, "float": float}.get(str(field.type), str)
-        parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=field.name.upper(), help=doc)
+        parser.add_argument(*flags, dest=field.name, type=kind, default=argparse.SUPPRESS,
+                            metavar=field.name.upper(), help=doc)  # fmt: skip
+
+
+def _flag_type(hint: Any) -> tuple[type, tuple[Any, ...]]:
+    """The argparse type of a field's annotation (``X | None`` is X; ``bool | str`` is text) and its Literal values."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        hint = args[0]
+    if typing.get_origin(hint) is Literal:
+        return str, typing.get_args(hint)
+    return (hint if hint in (int, float, bool) else str), ()
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def explain_defaults(parser: argparse.ArgumentParser) -> None:
+    """Each flag's help ends with its default and allowed values, where argparse knows them and the text does not
+    say them yet (config-derived flags say theirs already)."""
+    for action in parser._actions:
+        if not action.option_strings or action.help in (None, argparse.SUPPRESS):
+            continue
+        extra = []
+        if action.choices is not None and not all(str(c) in str(action.help) for c in action.choices):
+            extra.append(f"one of {', '.join(map(str, action.choices))}")
+        default = action.default
+        shown = default not in (None, False, [], argparse.SUPPRESS) and "default" not in str(action.help)
+        if shown:
+            extra.append(f"default: {default}")
+        if extra:
+            action.help = f"{action.help} ({'; '.join(extra)})"
 
 
 def _field_docs(cls: Any) -> dict[str, str]:
@@ -84,6 +160,8 @@ def train_config_from(args: argparse.Namespace, cls: type[C]) -> C:
         source = str(path)
     else:
         source = "flags"
+    aliases = {a.lstrip("-").replace("-", "_"): name for name, flags in ALIASES.items() for a in flags}
+    values = {aliases.get(k, k): v for k, v in values.items()}  # YAML written for TRL: learning_rate, ...
     names = {f.name for f in dataclasses.fields(cls)}
     values.update({k: v for k, v in vars(args).items() if k in names})
     try:
@@ -95,22 +173,75 @@ def train_config_from(args: argparse.Namespace, cls: type[C]) -> C:
 def model_with_adapter(
     model_name: str | None, adapter: str | None, quantize: str | None, trust_remote_code: bool
 ) -> tuple[Any, Any]:
-    """Base model (``quantize``d as in QLoRA training, if given) plus adapter, merged and in the fastest
-    precision for inference."""
+    """The adapter's own base model (``--model`` overrides it; ``quantize``d as in QLoRA training, if given) plus the
+    adapter, merged and in the fastest precision for inference."""
     from lorakit.eval.run import prepare_for_inference
-    from lorakit.io import find_adapter_folder, load_adapter
-    from lorakit.models import load_model
+    from lorakit.io import load_adapter
 
-    if adapter:
-        find_adapter_folder(adapter)  # a wrong path fails before the model is loaded
-    model, tokenizer = load_model(
-        model_name,
-        quantize=base_quantization(adapter, quantize),  # type: ignore[arg-type]  # one of lorakit.quant.SCHEMES
-        trust_remote_code=trust_remote_code,
-    )
+    base = base_model_for(model_name, adapter)  # a wrong adapter path fails before the model is loaded
+    model, tokenizer = load_base(base, adapter, base_quantization(adapter, quantize), trust_remote_code)
     if adapter:
         load_adapter(model, adapter)
     return prepare_for_inference(model), tokenizer
+
+
+def base_model_for(model: str | None, adapter: str | None) -> str | None:
+    """``--model`` if given, else the base the adapter records (lorakit.origin), else the built-in."""
+    from lorakit.origin import adapter_origin
+
+    if not adapter or model:
+        return model
+    base = adapter_origin(adapter).base_model
+    if base is not None:
+        print(f"lorakit: {adapter}: base model {base} (recorded with the adapter; --model overrides)", file=sys.stderr)
+    return base
+
+
+def load_base(base: str | None, adapter: str | None, quantize: str | None, trust_remote_code: bool) -> tuple[Any, Any]:
+    """``load_model``, whose error says which adapter asked for the base."""
+    from lorakit.errors import ModelError
+    from lorakit.models import load_model
+
+    try:
+        return load_model(base, quantize=quantize, trust_remote_code=trust_remote_code)  # type: ignore[arg-type]
+    except ModelError as err:
+        if adapter is None:
+            raise
+        raise ModelError(f"{err} (the base model of {adapter}; pass --model to use another copy)") from None
+
+
+def system_prompt_for(system: str | None, adapter: str | None) -> str | None:
+    """``--system`` as given ("" for none), else the system prompt the adapter was trained under, if any."""
+    from lorakit.origin import adapter_origin
+
+    if system is not None or not adapter:
+        return system or None
+    prompt = adapter_origin(adapter).system_prompt
+    if prompt:
+        print(
+            f"lorakit: {adapter}: using the system prompt it was trained with (--system '' for none)", file=sys.stderr
+        )
+    return prompt
+
+
+def offline_unless_hub_reachable(*sources: str | None) -> None:
+    """Where a source names a Hub dataset and the Hub cannot be reached, turn the Hub libraries' offline mode on
+    (the CLI may change the process): the load then fails at once with a one-line error instead of retrying for
+    ~20 s. Does nothing when the user set either variable, or no source is a Hub name."""
+    import socket
+    from urllib.parse import urlparse
+
+    from lorakit.data.sources import looks_like_hub_name
+
+    if not any(s and looks_like_hub_name(s) for s in sources):
+        return
+    if "HF_HUB_OFFLINE" in os.environ or "HF_DATASETS_OFFLINE" in os.environ:
+        return
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError:
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
 def base_quantization(adapter: str | None, quantize: str | None) -> str | None:
@@ -142,6 +273,11 @@ def quantize_flag(parser: argparse.ArgumentParser) -> None:
 
 def trust_remote_code_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-remote-code", action="store_true", help="let the model folder run its own Python code")
+
+
+MODEL_HELP = "base model: a folder, .gguf file or Hub id (default: the adapter's recorded base, else the built-in)"
+ADAPTER_HELP = "adapter folder (a lorakit run folder or any peft adapter); its base model is loaded with it"
+SYSTEM_HELP = "system prompt (default: the one the adapter was trained with, if any; '' for none)"
 
 
 def positive(text: str) -> int:

@@ -138,7 +138,7 @@ def train_one(spec: MethodSpec, setup: TaskSetup, model: str | None, output: Pat
     args = [sys.executable, "-m", "lorakit", "train", "--data", _subset(setup.data, setup.n_train, output.parent),
             "--output", str(output), "--overwrite", "--method", spec.method, "--max-steps", str(setup.steps),
             "--batch-size", str(setup.batch_size), "--lr", str(spec.lr), "--seed", "0",
-            "--warmup-steps", str(max(1, setup.steps // 10))]  # fmt: skip
+            "--warmup-steps", str(max(1, setup.steps // 10)), "--seq-len", "384"]  # fmt: skip
     if spec.method != "full":
         args += ["--r", str(spec.r), "--lora-alpha", str(2 * spec.r)]
     if model:
@@ -259,7 +259,8 @@ def run_compare(tasks: list[Task], methods: list[MethodSpec], steps: int | None,
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("compare", help="LoRA vs full fine-tuning: task score, forgetting, size, memory, time")
-    p.add_argument("--task", choices=["format", "knowledge", "both"], default="both")
+    p.add_argument("--task", choices=["format", "knowledge", "both"], default="both",
+                   help="format: the contacts task; knowledge: new facts; both")  # fmt: skip
     p.add_argument("--methods", default=DEFAULT_METHODS, help="comma list: full, lora:r=N[:lr=X]")
     p.add_argument("--steps", type=positive, help="optimiser steps per method (default: per task)")
     p.add_argument("--quick", action="store_true", help="a few steps on tiny subsets (for tests)")

@@ -33,7 +33,7 @@ def run_demo(output: str | None = None, base_limit: int = 100) -> dict[str, dict
     del model
 
     print("\n2/3 training (lorakit train's defaults)")
-    result = run(RunConfig(output=output))
+    result = run(RunConfig.from_dict({"output": output}))  # no data: the built-in task's settings
 
     print("\n3/3 the adapter on the whole held-out split")
     model, tokenizer = load_model()
@@ -61,7 +61,7 @@ def run_demo(output: str | None = None, base_limit: int = 100) -> dict[str, dict
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("demo", help="evaluate, train and evaluate again on the built-in contacts task")
-    p.add_argument("--output", help="run folder (default runs/demo-<timestamp>)")
+    p.add_argument("--output", help="run folder (default: runs/demo-<timestamp>)")
     p.add_argument("--base-limit", type=positive, default=100, help="held-out examples for the base model")
     p.set_defaults(func=command)
 

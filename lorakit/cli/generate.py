@@ -6,23 +6,27 @@ import argparse
 from typing import Any
 
 from lorakit.cli.common import (
+    ADAPTER_HELP,
+    MODEL_HELP,
+    SYSTEM_HELP,
     conversation,
     model_with_adapter,
     positive,
     quantize_flag,
+    system_prompt_for,
     trust_remote_code_flag,
 )
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("generate", help="one reply to --prompt")
-    p.add_argument("--model")
-    p.add_argument("--adapter")
-    p.add_argument("--system", help="system prompt")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-new-tokens", type=positive, default=256)
+    p.add_argument("--model", help=MODEL_HELP)
+    p.add_argument("--adapter", help=ADAPTER_HELP)
+    p.add_argument("--system", help=SYSTEM_HELP)
+    p.add_argument("--prompt", required=True, help="the user message to reply to")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the top tokens of this mass")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling (--temperature > 0)")
+    p.add_argument("--max-new-tokens", type=positive, default=256, help="the longest reply, in tokens")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     quantize_flag(p)
     trust_remote_code_flag(p)
@@ -36,6 +40,6 @@ def command(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)  # the command's process: sampling draws from the global generator
     model, tokenizer = model_with_adapter(args.model, args.adapter, args.quantize, args.trust_remote_code)
-    ids = prompt_ids(tokenizer, conversation(args.system, args.prompt))
+    ids = prompt_ids(tokenizer, conversation(system_prompt_for(args.system, args.adapter), args.prompt))
     print(generate_batch(model, tokenizer, [ids], args.max_new_tokens, args.temperature, args.top_p)[0])
     return 0

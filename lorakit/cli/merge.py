@@ -5,14 +5,21 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lorakit.cli.common import base_quantization, quantize_flag, trust_remote_code_flag
+from lorakit.cli.common import (
+    ADAPTER_HELP,
+    MODEL_HELP,
+    base_model_for,
+    base_quantization,
+    quantize_flag,
+    trust_remote_code_flag,
+)
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("merge", help="base + adapter -> a plain transformers model folder")
-    p.add_argument("--model")
-    p.add_argument("--adapter", required=True)
-    p.add_argument("--output", required=True)
+    p.add_argument("--model", help=MODEL_HELP)
+    p.add_argument("--adapter", required=True, help=ADAPTER_HELP)
+    p.add_argument("--output", required=True, help="folder for the merged model (must be empty or new)")
     p.add_argument("--safe", action="store_true", help="refuse to merge non-finite weights")
     quantize_flag(p)
     trust_remote_code_flag(p)
@@ -24,7 +31,7 @@ def command(args: argparse.Namespace) -> int:
 
     quantize = base_quantization(args.adapter, args.quantize)
     folder = merge_to_folder(
-        args.model,
+        base_model_for(args.model, args.adapter),
         args.adapter,
         args.output,
         safe=args.safe,

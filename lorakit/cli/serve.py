@@ -10,11 +10,22 @@ from lorakit.cli.common import positive, trust_remote_code_flag
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("serve", help="an OpenAI-compatible server for the base model and its adapters")
-    p.add_argument("--model", help="base model (default: the built-in SmolLM2-135M-Instruct)")
-    p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="serve this adapter as NAME")
+    p.add_argument(
+        "--model",
+        help="base model: a folder, .gguf file or Hub id (default: the base the --adapter "
+        "adapters record, else the built-in SmolLM2-135M-Instruct); adapters of another base are refused",
+    )
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="serve this adapter as NAME (repeatable); requests without a system message get the one it "
+        "was trained with",
+    )
     p.add_argument("--adapter-dir", help="folder whose adapters POST /v1/adapters/load may load, by name")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback: no authentication)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--max-batch", type=positive, default=8, help="requests decoded together (1: no batching)")
     p.add_argument("--max-new-tokens", type=positive, default=256, help="the largest max_tokens a request may ask")
     p.add_argument("--max-input-tokens", type=positive, default=2048, help="longer prompts are refused (400)")

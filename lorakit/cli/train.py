@@ -25,7 +25,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from lorakit._version import __version__
-from lorakit.cli.common import config_flags, train_config_from
+from lorakit.cli.common import config_flags, offline_unless_hub_reachable, train_config_from
 from lorakit.cli.process import fix_mmap_threshold, loading_heap
 from lorakit.cli.run_folder import (
     CONFIG_FILE,
@@ -37,11 +37,15 @@ from lorakit.cli.run_folder import (
     plot_loss,
 )
 from lorakit.data.dataset import tokenize_data
-from lorakit.data.jsonl import read_jsonl
+from lorakit.data.formats import DataFormat, shared_system_prompt
+from lorakit.data.jsonl import Records
+from lorakit.data.sources import read_data
 from lorakit.errors import LorakitError
 from lorakit.files import write_text_atomic
 from lorakit.io import save_adapter
-from lorakit.models import BUILTIN_NAME, load_model
+from lorakit.models import load_model
+from lorakit.origin import SYSTEM_PROMPT_FILE, recorded_name
+from lorakit.tasks.contacts import TRAINING as BUILTIN_TRAINING
 from lorakit.tasks.contacts import builtin_path
 from lorakit.train.checkpoint import check_room, clean_temporary, list_checkpoints
 from lorakit.train.config import TrainConfig
@@ -56,9 +60,13 @@ class RunConfig(TrainConfig):
     model: str | None = None
     """Base model: None for the built-in SmolLM2-135M-Instruct, a folder, a .gguf file or a hub id."""
     data: str | None = None
-    """Training JSONL (chat ``messages`` or ``prompt``/``completion``); None for the built-in contacts set."""
+    """Training data: .jsonl, .json, .csv, .parquet, a save_to_disk folder or a Hub dataset; None: the built-in set."""
+    data_format: DataFormat = "auto"
+    """Record format of --data and --eval-data; auto: read from the first record's keys."""
     eval_data: str | None = None
-    """Held-out JSONL for the eval loss (``eval_every``); None for none."""
+    """Held-out data for the eval loss (any --data source); None for none."""
+    eval_split: float = 0.0
+    """Without --eval-data: hold out this share of --data (e.g. 0.05) for the eval loss."""
     output: str | None = None
     """Output folder; None for ``runs/<timestamp>``."""
     save_every: int = 0
@@ -78,8 +86,22 @@ class RunConfig(TrainConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 0, got {value!r}")
+        split = self.eval_split
+        if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0 <= split < 1:
+            raise ValueError(f"--eval-split must be a share in [0, 1), got {split!r}")
+        if split and self.eval_data:
+            raise ValueError("give --eval-data or --eval-split, not both")
         if self.fsdp and (self.save_every or self.resume):
             raise ValueError("--fsdp does not write checkpoints yet: drop --save-every and --resume, or use DDP")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> RunConfig:
+        """As ``TrainConfig.from_dict``; without ``data``, the built-in task's settings (``lorakit.tasks.contacts.
+        TRAINING``) fill what ``data`` leaves unset, so ``lorakit train`` with no flags is the demo's run."""
+        given = {str(k).replace("-", "_") for k in data}
+        if not data.get("data"):
+            data = {**{k: v for k, v in BUILTIN_TRAINING.items() if k not in given}, **data}
+        return super().from_dict(data, source)  # type: ignore[return-value]
 
 
 # Fields a resumed run may change; any other difference means a different run. pad_to_multiple_of only pads
@@ -169,18 +191,21 @@ def _run(config: RunConfig, progress: bool, started: float) -> RunResult:
 
     # ---- data (checked before the model is loaded: a broken line fails fast), model, tokens
     data_source = config.data or str(builtin_path("train"))
-    records = read_jsonl(data_source)
-    eval_records = read_jsonl(config.eval_data) if config.eval_data else []
+    read = read_data(data_source, config.data_format)
+    eval_read = read_data(config.eval_data, config.data_format) if config.eval_data else None
+    records, eval_records = read.records, eval_read.records if eval_read else []
+    if config.eval_split:
+        records, eval_records = split_off(records, config.eval_split, config.seed)
+    _log(procs, describe_read(read, eval_read, len(eval_records) if config.eval_split else None))
     with loading_heap():  # the steps start from a compact heap, whatever loading freed (lorakit.cli.process)
         model, tokenizer = load_model(
             config.model, quantize=config.quantize(), trust_remote_code=config.trust_remote_code
         )
-        base_name = config.model or BUILTIN_NAME
+        base_name = recorded_name(config.model)
         trainer_config = TrainConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)})
-        data = tokenize_data(tokenizer, records, config.seq_len, source=data_source)
-        eval_data = (
-            tokenize_data(tokenizer, eval_records, config.seq_len, source=config.eval_data) if eval_records else None
-        )
+        data = tokenize_data(tokenizer, records, config.seq_len, source=data_source)  # records: checked already
+        eval_name = config.eval_data or f"{data_source} (held out)"
+        eval_data = tokenize_data(tokenizer, eval_records, config.seq_len, source=eval_name) if eval_records else None
     fix_mmap_threshold()  # training's own setting (loading_heap pins it too; a user's choice still wins)
 
     # ---- adapter (or the whole model), optimiser, schedule
@@ -246,7 +271,7 @@ def _run(config: RunConfig, progress: bool, started: float) -> RunResult:
     plot_loss(records_logged, output / "loss.png", f"{what.split(' alpha')[0]} on {Path(data_source).name}")
     stats = data.stats
     info = {
-        "lorakit_version": __version__, "base_model": base_name, "data": data_source,
+        "lorakit_version": __version__, "base_model": base_name, "data": data_source, "data_format": read.data_format,
         "n_examples": len(data.examples), "n_truncated": stats.n_truncated, "n_skipped": stats.n_skipped,
         "trainable": result.trainable, "total": result.total, "steps": total_steps,
         "tokens": sum(r.get("tokens", 0) for r in records_logged),
@@ -254,9 +279,40 @@ def _run(config: RunConfig, progress: bool, started: float) -> RunResult:
         "hyperparameters": {k: v for k, v in config.to_dict().items() if k not in ("output", "resume", "overwrite")},
         "final": final, "output": str(output),
     }  # fmt: skip
+    system_prompt = shared_system_prompt(records)
+    if system_prompt is not None:  # the model learnt to answer under it: chat, generate and serve send it
+        write_text_atomic(output / SYSTEM_PROMPT_FILE, system_prompt)
+    if config.eval_split:
+        write_text_atomic(
+            output / HELD_OUT_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in eval_records)
+        )
+    info["system_prompt"] = system_prompt
     write_text_atomic(output / "README.md", model_card(info))
     write_text_atomic(output / SUMMARY_FILE, json.dumps(info, indent=2) + "\n")
     return RunResult(output, total_steps, loss_value, seconds, result.tokens, result.trainable, result.total)
+
+
+HELD_OUT_FILE = "held_out.jsonl"  # the records --eval-split kept out of training, for lorakit eval --data
+
+
+def split_off(records: list[dict], share: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, held out): ``share`` of the records (at least one), drawn by ``seed``, in their file order."""
+    if len(records) < 2:
+        raise LorakitError(f"--eval-split needs at least 2 records to hold some out, the data has {len(records)}")
+    n = min(len(records) - 1, max(1, round(share * len(records))))
+    import random
+
+    held = set(random.Random(f"lorakit.eval_split:{seed}").sample(range(len(records)), n))
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+def describe_read(read: Records, eval_read: Records | None, held_out: int | None) -> str:
+    line = read.describe()
+    if eval_read is not None:
+        line += f"; eval: {eval_read.describe()}"
+    if held_out is not None:
+        line += f"; {held_out} held out for the eval loss (--eval-split)"
+    return line
 
 
 def _log(procs: Processes, message: str) -> None:
@@ -273,6 +329,7 @@ def add_parser(sub: Any) -> None:
 
 def command(args: argparse.Namespace) -> int:
     config = train_config_from(args, RunConfig)
+    offline_unless_hub_reachable(config.data, config.eval_data)
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 writes the run's files
     if config.output is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         config = dataclasses.replace(config, output=str(output_path(config)))

@@ -1,13 +1,21 @@
-"""Deterministic length-grouped batch order and collation into padded tensors.
+"""Deterministic length-grouped batch order, sequence packing, and collation into padded tensors.
 
 Batches are formed from examples of similar length so little compute is spent on padding, while the
 order stays random: indices are shuffled, cut into "mega-chunks" of about 50 batches, each chunk is sorted
 by length and cut into batches, and finally the batches themselves are shuffled.  Everything is derived
 from ``(seed, epoch)`` alone, so a resumed run replays exactly the same batches.
+
+With packing, several examples share a row of up to ``capacity`` tokens (best-fit decreasing over the epoch's
+shuffled examples), and the rows are cut into batches. Each example keeps its own positions (``position_ids``
+restart at 0) and sees only itself: transformers builds a block-diagonal causal mask from restarting positions
+when no 2-D mask is passed (``masking_utils.find_packed_sequence_indices``; flash-attention kernels take the same
+positions as variable-length sequences). The first label of every example is dropped, since the token before it
+belongs to the previous example; unpacked, that position has nothing before it and carries no loss either.
 """
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Sequence
 
@@ -91,3 +99,56 @@ def padding_waste(
         total += width * len(batch)
         padded += width * len(batch) - sum(batch_lengths)
     return padded / total if total else 0.0
+
+
+def pack_order(lengths: Sequence[int], capacity: int, batch_size: int, seed: int, epoch: int) -> list[list[list[int]]]:
+    """Batches of ``batch_size`` rows for one epoch; a row is a list of indices into ``lengths`` whose lengths sum
+    to at most ``capacity``. Every index appears exactly once (an example longer than ``capacity`` gets a row of its
+    own). Best-fit decreasing: longest first, each into the row it fills most tightly."""
+    if batch_size < 1 or capacity < 1:
+        raise ValueError(f"batch_size and capacity must be at least 1, got {batch_size} and {capacity}")
+    rng = random.Random(f"lorakit.pack_order:{seed}:{epoch}")
+    indices = list(range(len(lengths)))
+    rng.shuffle(indices)
+    indices.sort(key=lambda i: lengths[i], reverse=True)  # stable: equal lengths keep their shuffled order
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (room left, row), sorted: the tightest row with room is found by bisection
+    for i in indices:
+        k = bisect.bisect_left(free, (lengths[i], -1))
+        if k < len(free):
+            room, row = free.pop(k)
+        else:
+            room, row = capacity, len(rows)
+            rows.append([])
+        rows[row].append(i)
+        if room - lengths[i] > 0:
+            bisect.insort(free, (room - lengths[i], row))
+    rng.shuffle(rows)
+    return [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
+
+
+def collate_packed(
+    rows: Sequence[Sequence[TokenizedExample]], pad_id: int, pad_to_multiple_of: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Rows of packed examples as ``input_ids``, ``attention_mask`` (1: a real token), ``labels`` and
+    ``position_ids``, each (B, T). Positions restart at 0 for every example and for the padding after them; the
+    model must be called without the 2-D mask (``lorakit.loss`` does so) to see the examples apart."""
+    if not rows or not all(rows):
+        raise ValueError("cannot collate an empty packed row")
+    lengths = [sum(len(e.input_ids) for e in row) for row in rows]
+    width = padded_width(max(lengths), pad_to_multiple_of)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
+    for r, row in enumerate(rows):
+        at = 0
+        for example in row:
+            n = len(example.input_ids)
+            input_ids[r, at : at + n] = torch.tensor(example.input_ids, dtype=torch.long)  # (n,)
+            labels[r, at + 1 : at + n] = torch.tensor(example.labels[1:], dtype=torch.long)  # (n - 1,): not the first
+            positions[r, at : at + n] = torch.arange(n)  # (n,)
+            at += n
+        attention_mask[r, :at] = 1
+        positions[r, at:] = torch.arange(width - at)  # the padding: a sequence of its own
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "position_ids": positions}

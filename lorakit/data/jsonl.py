@@ -1,35 +1,53 @@
-"""Reading and validating JSONL training data.
+"""Reading JSONL files, and turning rows of any source into checked records (``lorakit.data.formats``).
 
-Every problem is reported as one :class:`~lorakit.errors.DataError` naming the file and the 1-based line,
-so a user can jump straight to it; nothing is silently dropped, because a quietly skipped record is a
-training-set bug that only shows up as a worse model much later.
-
-Two record shapes are accepted (extra keys are ignored):
-
-* chat: ``{"messages": [{"role": "system" | "user" | "assistant", "content": str}, ...]}``
-  with at least one assistant message (the only text the loss is computed on);
-* completion: ``{"prompt": str, "completion": str}``.
+Every problem is reported as one :class:`~lorakit.errors.DataError` naming the file and the 1-based line (a row
+or record number for other sources), so a user can jump straight to it; nothing is silently dropped, because a
+quietly skipped record is a training-set bug that only shows up as a worse model much later.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorakit.data.formats import FORMATS, DataFormat, Where, convert, detect_format
 from lorakit.errors import DataError
 
-ROLES: tuple[str, ...] = ("system", "user", "assistant")
+Rows = list[tuple[Any, Where]]
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Read ``path`` and return its records, normalised to only the keys lorakit uses.
+@dataclass(frozen=True)
+class Records:
+    """Checked records of one source, the format they were read as and whether it was detected or forced."""
 
-    Chat records come back as ``{"messages": [{"role", "content"}, ...]}`` and completion records as
-    ``{"prompt", "completion"}``; extra keys (ids, metadata, per-message extras) are dropped so that they
-    cannot leak into a chat template that happens to look at them.  Blank lines are skipped.
-    """
+    records: list[dict]
+    data_format: str
+    detected: bool
+    source: str
+
+    def describe(self) -> str:
+        how = "detected" if self.detected else "forced with --data-format"
+        return f"{self.source}: {len(self.records)} records, format {self.data_format} ({how})"
+
+
+def convert_rows(rows: Rows, source: str, data_format: DataFormat | str = "auto") -> Records:
+    """Every row as a checked record, in one format: ``data_format``, or the one the first row's keys say."""
+    if not rows:
+        raise DataError(source, "empty dataset: the file contains no records")
+    if data_format != "auto" and data_format not in FORMATS:
+        raise DataError(source, f"--data-format must be auto or one of {', '.join(FORMATS)}, got {data_format!r}")
+    detected = data_format == "auto"
+    first_value, first = rows[0]
+    fmt = detect_format(first_value, first) if detected else data_format
+    records = [convert(value, fmt, where, first if detected else None) for value, where in rows]
+    return Records(records, fmt, detected, source)
+
+
+def jsonl_rows(path: str | Path) -> Rows:
+    """The parsed lines of a JSONL file (blank lines skipped), each with its line number."""
     where = str(path)
     file = Path(path)
     if not file.exists():
@@ -40,8 +58,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
         raw = file.read_bytes()
     except OSError as exc:
         raise DataError(where, f"cannot read file: {exc.strerror or exc}") from exc
-
-    records: list[dict] = []
+    rows: Rows = []
     # Split the bytes ourselves (not text mode) so that a decoding error can name its line.
     for number, raw_line in enumerate(raw.split(b"\n"), start=1):
         if number == 1 and raw_line.startswith(b"\xef\xbb\xbf"):
@@ -56,84 +73,21 @@ def read_jsonl(path: str | Path) -> list[dict]:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(where, f"invalid JSON: {exc.msg} (column {exc.colno})", number) from exc
-        records.append(_validate_record(value, where, number))
-
-    if not records:
-        raise DataError(where, "empty dataset: the file contains no records")
-    return records
+        rows.append((value, Where(where, number)))
+    return rows
 
 
-def _validate_record(value: Any, where: str, line: int) -> dict:
-    """Check one parsed line and return its normalised record."""
-    if not isinstance(value, dict):
-        raise DataError(where, f"expected a JSON object, got {_json_type(value)}", line)
-    has_messages = "messages" in value
-    has_prompt = "prompt" in value
-    if has_messages and has_prompt:
-        # Guessing which one the user meant would train on the wrong text without telling them.
-        raise DataError(where, "record has both 'messages' and 'prompt'; use one format per record", line)
-    if has_messages:
-        return {"messages": _validate_messages(value["messages"], where, line)}
-    if has_prompt:
-        return _validate_completion(value, where, line)
-    raise DataError(
-        where,
-        "record has neither 'messages' (chat format) nor 'prompt'/'completion' (completion format)",
-        line,
-    )
+def read_jsonl(path: str | Path, data_format: DataFormat | str = "auto") -> list[dict]:
+    """The checked records of a JSONL file (chat, completion or text records; ``lorakit.data.formats``)."""
+    return convert_rows(jsonl_rows(path), str(path), data_format).records
 
 
-def _validate_messages(messages: Any, where: str, line: int) -> list[dict[str, str]]:
-    if not isinstance(messages, list) or not messages:
-        raise DataError(where, "'messages' must be a non-empty list of messages", line)
-    out: list[dict[str, str]] = []
-    for i, message in enumerate(messages):
-        label = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise DataError(where, f"{label} must be an object, got {_json_type(message)}", line)
-        for key in ("role", "content"):
-            if key not in message:
-                raise DataError(where, f"{label} has no '{key}'", line)
-        role = message["role"]
-        if role not in ROLES:
-            raise DataError(where, f"{label} has role {role!r}; expected one of {', '.join(ROLES)}", line)
-        content = message["content"]
-        if not isinstance(content, str):
-            raise DataError(where, f"{label} content must be a string, got {_json_type(content)}", line)
-        out.append({"role": role, "content": content})
-    if not any(m["role"] == "assistant" for m in out):
-        raise DataError(where, "conversation has no assistant message, so there is nothing to learn", line)
-    return out
-
-
-def _validate_completion(value: dict, where: str, line: int) -> dict[str, str]:
-    if "completion" not in value:
-        raise DataError(where, "record has 'prompt' but no 'completion'", line)
-    for key in ("prompt", "completion"):
-        if not isinstance(value[key], str):
-            raise DataError(where, f"'{key}' must be a string, got {_json_type(value[key])}", line)
-    return {"prompt": value["prompt"], "completion": value["completion"]}
-
-
-def _json_type(value: Any) -> str:
-    """Name a parsed JSON value the way the user wrote it (object, array...), not as a Python type."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
-def validate_records(records: Sequence[Any], source: str = "records") -> list[dict]:
-    """Records given in memory, checked and normalised as ``read_jsonl`` checks a file's lines (a mistake names
-    the record's number, counting from 1)."""
-    checked = [_validate_record(value, source, number) for number, value in enumerate(records, start=1)]
-    if not checked:
+def validate_records(
+    records: Sequence[Any], source: str = "records", data_format: DataFormat | str = "auto"
+) -> list[dict]:
+    """Records given in memory, checked and converted as a file's lines are (a mistake names the record's number,
+    counting from 1)."""
+    rows: Rows = [(value, Where(source, number, "record")) for number, value in enumerate(records, start=1)]
+    if not rows:
         raise DataError(source, "empty dataset: no records")
-    return checked
+    return convert_rows(rows, source, data_format).records

@@ -1,4 +1,8 @@
-"""Turning validated records into token ids and labels, with the loss only on what the model should say.
+"""Turning checked records into token ids and labels, with the loss only on what the model should say.
+
+Three shapes (``lorakit.data.formats``): chat records through the chat template, the loss on assistant messages
+whose ``weight`` is not 0; completion records as ``[bos] prompt completion eos``, the loss on ``completion eos``;
+text records as ``[bos] text eos``, the loss on every token.
 
 Chat records go through the tokenizer's own chat template, so training sees exactly the text that
 :func:`render_prompt` produces at generation time (including any default system prompt the template
@@ -59,7 +63,7 @@ class TokenizeStats:
 
 
 def tokenize_example(tokenizer: Tokenizer, record: dict, seq_len: int) -> tuple[TokenizedExample | None, bool]:
-    """Tokenize one record from :func:`lorakit.data.jsonl.read_jsonl` and fit it into ``seq_len``.
+    """Tokenize one checked record (``lorakit.data.formats``) and fit it into ``seq_len``.
 
     Returns ``(example, truncated)``.  Overlong examples keep their first ``seq_len`` tokens (the start of
     a conversation gives the context the answer depends on); when that leaves no labelled token the
@@ -140,10 +144,27 @@ def _fit(full: TokenizedExample, seq_len: int) -> tuple[TokenizedExample | None,
 def _tokenize_full(tokenizer: Tokenizer, record: dict) -> TokenizedExample:
     """Tokenize a record without any length limit."""
     if "messages" in record:
-        return _tokenize_chat(tokenizer, record["messages"])
+        return _tokenize_chat(tokenizer, record["messages"], record.get("tools"))
     if "prompt" in record:
         return _tokenize_completion(tokenizer, record["prompt"], record["completion"])
-    raise LorakitError("record has neither 'messages' nor 'prompt' (was it read with read_jsonl?)")
+    if "text" in record:
+        return _tokenize_text(tokenizer, record["text"])
+    raise LorakitError("record has neither 'messages', 'prompt' nor 'text' (was it read with read_data?)")
+
+
+def _tokenize_text(tokenizer: Tokenizer, text: str) -> TokenizedExample:
+    """``[bos] text eos`` with the loss on every token but bos (language modelling on plain text)."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        raise LorakitError("the tokenizer has no eos token, so the model could not learn where a text ends")
+    prefix = _bos_prefix(tokenizer)
+    ids = [*_encode(tokenizer, text), eos]
+    return TokenizedExample(input_ids=prefix + ids, labels=[IGNORE_INDEX] * len(prefix) + ids)
+
+
+def completion_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """Ids a completion record's prompt is trained with (``[bos] prompt``): where generation starts."""
+    return _bos_prefix(tokenizer) + _encode(tokenizer, prompt)
 
 
 def _tokenize_completion(tokenizer: Tokenizer, prompt: str, completion: str) -> TokenizedExample:
@@ -180,9 +201,14 @@ def _bos_prefix(tokenizer: Tokenizer) -> list[int]:
     return []
 
 
-def _tokenize_chat(tokenizer: Tokenizer, messages: Sequence[dict]) -> TokenizedExample:
-    """Render ``messages`` with the chat template; label each assistant content plus its end-of-turn."""
-    full = _render(tokenizer, messages, add_generation_prompt=False)
+def _tokenize_chat(tokenizer: Tokenizer, messages: Sequence[dict], tools: list | None = None) -> TokenizedExample:
+    """Render ``messages`` with the chat template; label each assistant content plus its end-of-turn.
+
+    An assistant message with ``weight`` 0 is context, like a user message. An assistant message with tool calls is
+    labelled whole, as the template renders it (its calls and any text), through the turn's last special token.
+    """
+    _check_tool_support(tokenizer, messages, tools)
+    full = _render(tokenizer, messages, add_generation_prompt=False, tools=tools)
     special = _special_ids(tokenizer)
     ids: list[int] = []
     labels: list[int] = []
@@ -194,15 +220,25 @@ def _tokenize_chat(tokenizer: Tokenizer, messages: Sequence[dict]) -> TokenizedE
 
     done = 0  # characters of ``full`` already tokenized
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or message.get("weight") == 0:
             continue
         if i == 0:
             # Nothing to render "up to the generation prompt", so the reply's start cannot be found.
             raise LorakitError("the conversation starts with an assistant message; put a user message first")
-        start = _prefix_length(tokenizer, messages[:i], True, full, i)
-        end = _prefix_length(tokenizer, messages[: i + 1], False, full, i)
+        start = _prefix_length(tokenizer, messages[:i], True, full, i, tools)
+        end = _prefix_length(tokenizer, messages[: i + 1], False, full, i, tools)
         if not done <= start <= end:
             raise _inconsistent(i, "turn boundaries are out of order")
+        if message.get("tool_calls"):
+            add(full[done:start], labelled=False)
+            turn = _encode(tokenizer, full[start:end])
+            stop = max((k for k, token in enumerate(turn) if token in special), default=None)
+            if stop is None:
+                raise LorakitError(f"the chat template renders the tool calls of message {i} with no end-of-turn token")
+            ids.extend(turn)
+            labels.extend(turn[: stop + 1] + [IGNORE_INDEX] * (len(turn) - stop - 1))
+            done = end
+            continue
         content_start, content_end = _locate_content(full, start, end, message["content"], i)
         add(full[done:content_start], labelled=False)  # earlier turns and this turn's role header
         add(full[content_start:content_end], labelled=True)
@@ -224,11 +260,27 @@ def _tokenize_chat(tokenizer: Tokenizer, messages: Sequence[dict]) -> TokenizedE
     return TokenizedExample(input_ids=ids, labels=labels)
 
 
+def _check_tool_support(tokenizer: Tokenizer, messages: Sequence[dict], tools: list | None) -> None:
+    """Tool calls and tool results need a template that renders them; most others drop them without a word."""
+    uses_calls = any(m.get("tool_calls") for m in messages)
+    if not (uses_calls or tools or any(m["role"] == "tool" for m in messages)):
+        return
+    template = getattr(tokenizer, "chat_template", None) or ""
+    source = template if isinstance(template, str) else " ".join(map(str, dict(template).values()))
+    if "tool_calls" not in source or (tools and "tools" not in source.replace("tool_calls", "")):
+        what = "tool calls" if uses_calls else "tool definitions" if tools else "tool results"
+        raise LorakitError(
+            f"has {what}, but this tokenizer's chat template does not render tools (it never mentions "
+            "'tool_calls'), so they would be dropped from the text; use a model whose template supports tools"
+        )
+
+
 def _prefix_length(
-    tokenizer: Tokenizer, prefix: Sequence[dict], add_generation_prompt: bool, full: str, index: int
-) -> int:
+    tokenizer: Tokenizer, prefix: Sequence[dict], add_generation_prompt: bool, full: str, index: int,
+    tools: list | None = None,
+) -> int:  # fmt: skip
     """Length of the rendered ``prefix``, which must be a prefix of the full rendering ``full``."""
-    text = _render(tokenizer, prefix, add_generation_prompt=add_generation_prompt)
+    text = _render(tokenizer, prefix, add_generation_prompt=add_generation_prompt, tools=tools)
     if not full.startswith(text):
         what = "with the generation prompt" if add_generation_prompt else "through that message"
         raise _inconsistent(index, f"the conversation rendered {what} is not a prefix of the whole rendering")
@@ -258,12 +310,17 @@ def _inconsistent(index: int, detail: str) -> LorakitError:
     )
 
 
-def _render(tokenizer: Tokenizer, messages: Sequence[dict], add_generation_prompt: bool) -> str:
+def _render(
+    tokenizer: Tokenizer, messages: Sequence[dict], add_generation_prompt: bool, tools: list | None = None
+) -> str:
     if getattr(tokenizer, "chat_template", None) is None:
-        raise LorakitError("the tokenizer has no chat template; use prompt/completion records instead")
+        raise LorakitError("the tokenizer has no chat template; use prompt/completion or text records instead")
+    # ``weight`` is lorakit's (which turns are trained on), not the template's
+    plain = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
+    extra = {"tools": tools} if tools else {}
     try:
         text = tokenizer.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+            plain, tokenize=False, add_generation_prompt=add_generation_prompt, **extra
         )
     except Exception as exc:  # jinja errors, raise_exception() in templates (e.g. roles must alternate)
         raise LorakitError(f"the chat template failed on this conversation: {exc}") from exc

@@ -61,6 +61,14 @@ def generate_all(
 ) -> list[str]:
     """Greedy replies for many conversations, batched by prompt length (less padding), in input order."""
     prompts = [prompt_ids(tokenizer, c) for c in conversations]
+    return generate_ids(model, tokenizer, prompts, max_new_tokens, batch_size, progress, desc)
+
+
+def generate_ids(
+    model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 16,
+    progress: bool = True, desc: str = "generating",
+) -> list[str]:  # fmt: skip
+    """Greedy replies to prompts given as token ids, batched by length, in input order."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     replies: list[str] = [""] * len(prompts)
     with tqdm(total=len(prompts), disable=not progress, desc=desc, unit="ex", dynamic_ncols=True) as bar:

@@ -13,14 +13,16 @@ import torch
 
 from lorakit.data.batching import collate
 from lorakit.data.jsonl import read_jsonl
-from lorakit.data.tokenize import tokenize_dataset
-from lorakit.eval.generate import generate_all, prompt_ids
+from lorakit.data.sources import read_data
+from lorakit.data.tokenize import completion_prompt, tokenize_dataset
+from lorakit.eval.generate import generate_all, generate_ids, prompt_ids
+from lorakit.eval.metrics import score_replies
 from lorakit.files import write_text_atomic
 from lorakit.loss import label_count, mean_token_loss
 from lorakit.tasks.contacts import builtin_path, reference_of
 from lorakit.tasks.contacts_metrics import score_all, score_reply
 
-Task = Literal["contacts", "loss"]
+Task = Literal["auto", "contacts", "generation", "loss"]
 
 
 def prepare_for_inference(model: Any) -> Any:
@@ -68,18 +70,51 @@ def evaluate_contacts(
     return metrics
 
 
-def evaluate_loss(model: Any, tokenizer: Any, data: str, seq_len: int = 1024, limit: int | None = None,
+def evaluate_generation(
+    model: Any, tokenizer: Any, records: list[dict], batch_size: int = 16, max_new_tokens: int | None = None,
+    progress: bool = True, desc: str = "eval",
+) -> dict[str, Any]:  # fmt: skip
+    """Greedy replies to chat records (to the conversation before the last assistant message) or completion
+    records (to the prompt), scored against that message or the completion (``lorakit.eval.metrics``)."""
+    prompts, references, shown = [], [], []
+    for record in records:
+        if "messages" in record:
+            messages = record["messages"]
+            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+            prompts.append(prompt_ids(tokenizer, messages[:last]))
+            references.append(messages[last]["content"])
+            shown.append(next((m["content"] for m in reversed(messages[:last]) if m["role"] == "user"), ""))
+        else:
+            prompts.append(completion_prompt(tokenizer, record["prompt"]))
+            references.append(record["completion"])
+            shown.append(record["prompt"])
+    # Room for the longest reference plus a margin: a model that rambles is cut there.
+    longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references)
+    started = time.perf_counter()
+    replies = generate_ids(model, tokenizer, prompts, max_new_tokens or longest + 16, batch_size, progress, desc)
+    means, rows = score_replies(replies, references)
+    metrics: dict[str, Any] = {"n": len(records), **means, "seconds": round(time.perf_counter() - started, 1)}
+    metrics["predictions"] = [
+        {"prompt": prompt, "reference": ref, "reply": reply, **row}
+        for prompt, ref, reply, row in zip(shown, references, replies, rows, strict=True)
+    ]
+    return metrics
+
+
+def evaluate_loss(model: Any, tokenizer: Any, data: str | list[dict], seq_len: int = 1024, limit: int | None = None,
                   batch_size: int = 8) -> dict[str, Any]:  # fmt: skip
-    """Mean loss per assistant/completion token, and its perplexity, on a dataset in either format."""
-    records = read_jsonl(data)[:limit] if limit else read_jsonl(data)
-    examples, stats = tokenize_dataset(tokenizer, records, seq_len, path=data)
+    """Mean loss per trained token (assistant, completion, or every token of text records), and its perplexity, on
+    a data source or checked records."""
+    records = read_data(data).records if isinstance(data, str) else data
+    records = records[:limit] if limit else records
+    examples, stats = tokenize_dataset(tokenizer, records, seq_len, path=data if isinstance(data, str) else None)
     batches = [
         collate(examples[i : i + batch_size], tokenizer.pad_token_id) for i in range(0, len(examples), batch_size)
     ]
     loss = mean_token_loss(model, batches, autocast_dtype=None)
     count = sum(label_count(b) for b in batches)
     return {"n": len(examples), "tokens": count, "loss": round(loss, 5), "perplexity": round(math.exp(loss), 4),
-            "truncated": stats.n_truncated, "skipped": stats.n_skipped, "data": data}  # fmt: skip
+            "truncated": stats.n_truncated, "skipped": stats.n_skipped}  # fmt: skip
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:
@@ -102,6 +137,7 @@ def summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 __all__ = [
     "evaluate_contacts",
+    "evaluate_generation",
     "evaluate_loss",
     "markdown_table",
     "prepare_for_inference",

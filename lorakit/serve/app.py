@@ -20,6 +20,7 @@ from lorakit.errors import LorakitError
 from lorakit.eval.generate import prompt_ids
 from lorakit.io import load_adapter
 from lorakit.methods.mixed import row_adapters
+from lorakit.origin import check_same_base
 from lorakit.serve.engine import Engine, Event, Sampling
 from lorakit.serve.engine import Request as EngineRequest
 from lorakit.serve.protocol import (
@@ -46,6 +47,8 @@ class ServerState:
     max_new_tokens: int = 256
     max_input_tokens: int = 2048
     adapters: dict[str, str] = field(default_factory=dict)  # name -> folder it was loaded from
+    base_model: str | None = None  # what --model named (None: the built-in): adapters of another base are refused
+    system_prompts: dict[str, str] = field(default_factory=dict)  # adapter -> the system prompt it was trained with
 
     @property
     def model(self) -> Any:
@@ -55,6 +58,7 @@ class ServerState:
         """Load an adapter (on the engine thread) and check that it can join mixed batches."""
         if name == self.base_name or name in adapter_configs(self.model):
             raise ApiError(409, f"an adapter or model named {name!r} is already loaded", "name")
+        origin = check_same_base(folder, self.base_model)  # one line: an adapter of another base is refused
         load_adapter(self.model, folder, name)
         self.model.eval()  # the new LoRA modules start in training mode (their dropout would be on)
         try:
@@ -64,6 +68,8 @@ class ServerState:
             delete_adapter(self.model, name)
             raise
         self.adapters[name] = str(folder)
+        if origin.system_prompt:
+            self.system_prompts[name] = origin.system_prompt
 
     def unload(self, name: str) -> None:
         if name not in self.adapters:
@@ -72,6 +78,15 @@ class ServerState:
             raise ApiError(409, f"adapter {name!r} has requests in flight; retry when they are done", "name")
         delete_adapter(self.model, name)
         del self.adapters[name]
+        self.system_prompts.pop(name, None)
+
+
+def with_system_prompt(state: ServerState, adapter: str | None, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation, opened with the adapter's training system prompt when the request sends none."""
+    prompt = state.system_prompts.get(adapter) if adapter else None
+    if prompt is None or any(m.get("role") == "system" for m in messages):
+        return messages
+    return [{"role": "system", "content": prompt}, *messages]
 
 
 def _adapter_folder(state: ServerState, name: str) -> Path:
@@ -181,7 +196,7 @@ def create_app(state: ServerState) -> FastAPI:
         adapter = _adapter_of(state, body.model)
         try:
             with state.engine.tokenizer_lock:
-                prompt = prompt_ids(state.engine.tokenizer, body.conversation())
+                prompt = prompt_ids(state.engine.tokenizer, with_system_prompt(state, adapter, body.conversation()))
         except Exception as err:  # a chat template can reject a conversation (e.g. roles out of order)
             raise ApiError(400, f"messages: the chat template rejected them ({err})", "messages") from None
         sampling = _sampling(state, body, prompt)

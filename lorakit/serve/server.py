@@ -83,12 +83,18 @@ def build_state(
 ) -> Any:  # fmt: skip
     """A ready ``ServerState``: model, engine and the ``--adapter`` adapters loaded."""
     from lorakit.io import find_adapter_folder
+    from lorakit.origin import adapter_origin, check_same_base
     from lorakit.serve.app import ServerState
 
     for folder in adapters.values():
         find_adapter_folder(folder)  # a wrong path fails before the model is loaded
+    if model is None:  # the base the adapters were trained on; each is checked against it below
+        model = next((b for f in adapters.values() if (b := adapter_origin(f).base_model) is not None), None)
+    for folder in adapters.values():
+        check_same_base(folder, model)  # one line, before the model is loaded
     engine, name = load_engine(model, dtype, max_batch, trust_remote_code)
-    state = ServerState(engine, name, Path(adapter_dir) if adapter_dir else None, max_new_tokens, max_input_tokens)
+    state = ServerState(engine, name, Path(adapter_dir) if adapter_dir else None, max_new_tokens, max_input_tokens,
+                        base_model=model)  # fmt: skip
     for adapter, folder in adapters.items():
         engine.call(functools.partial(state.load, adapter, folder)).result()
     return state

@@ -26,7 +26,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
             groups["b"].append(param)
         else:
             groups["a"].append(param)
-    lr = config.lr
+    lr = float(config.lr or 0.0)  # resolved to the method's default by TrainConfig
     param_groups = [
         {"params": groups["a"], "lr": lr, "weight_decay": config.weight_decay},
         {"params": groups["b"], "lr": lr * config.loraplus_lr_ratio, "weight_decay": config.weight_decay},

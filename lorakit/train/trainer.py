@@ -35,9 +35,9 @@ from torch import nn
 from tqdm import tqdm
 
 from lorakit.adapters import adapter_configs, add_adapter, count_parameters
-from lorakit.data.batching import batch_order, collate, padding_waste
+from lorakit.data.batching import batch_order, collate, collate_packed, pack_order, padding_waste
 from lorakit.data.dataset import Dataset, DataSource, tokenize_data
-from lorakit.data.tokenize import TokenizedExample
+from lorakit.data.tokenize import IGNORE_INDEX, TokenizedExample
 from lorakit.errors import LorakitError
 from lorakit.io import save_adapter
 from lorakit.loss import autocast, label_count, mean_token_loss
@@ -74,7 +74,10 @@ class TrainResult:
 
 
 class MicroBatches:
-    """Micro-batch ``m`` of the whole run, derived from (seed, epoch): no iterator state to save or restore."""
+    """Micro-batch ``m`` of the whole run, derived from (seed, epoch): no iterator state to save or restore.
+
+    With ``capacity`` (packing), a batch is ``batch_size`` rows of several examples each, up to ``capacity`` tokens.
+    """
 
     def __init__(
         self,
@@ -84,22 +87,45 @@ class MicroBatches:
         pad_id: int,
         procs: Processes | None = None,
         pad_to_multiple_of: int = 1,
+        capacity: int | None = None,
     ) -> None:
         self.examples, self.batch_size, self.seed, self.pad_id = examples, batch_size, seed, pad_id
-        self.pad_to_multiple_of = pad_to_multiple_of
+        self.pad_to_multiple_of, self.capacity = pad_to_multiple_of, capacity
         self.procs = procs or Processes()  # in a process group: batch_size is the global batch, [m] this rank's slice
         self.lengths = [len(e.input_ids) for e in examples]
-        self.per_epoch = len(batch_order(self.lengths, batch_size, seed, 0))
-        self._epoch: tuple[int, list[list[int]]] | None = None
+        self._epoch: tuple[int, list[list[list[int]]]] | None = None
+        self.per_epoch = len(self.order(0))
 
-    def order(self, epoch: int) -> list[list[int]]:
+    def order(self, epoch: int) -> list[list[list[int]]]:
+        """The epoch's batches; a batch is a list of rows, a row a list of example indices (one unless packing)."""
         if self._epoch is None or self._epoch[0] != epoch:
-            self._epoch = (epoch, batch_order(self.lengths, self.batch_size, self.seed, epoch))
+            if self.capacity:
+                batches = pack_order(self.lengths, self.capacity, self.batch_size, self.seed, epoch)
+            else:
+                batches = [[[i] for i in b] for b in batch_order(self.lengths, self.batch_size, self.seed, epoch)]
+            self._epoch = (epoch, batches)
         return self._epoch[1]
+
+    def padding(self, epoch: int = 0) -> float:
+        """Share of an epoch's padded positions that are padding."""
+        rows = [row for batch in self.order(epoch) for row in batch]
+        lengths = [sum(self.lengths[i] for i in row) for row in rows]
+        k = iter(range(len(rows)))
+        return padding_waste(
+            lengths, [[next(k) for _ in batch] for batch in self.order(epoch)], self.pad_to_multiple_of
+        )
 
     def __getitem__(self, m: int) -> dict[str, torch.Tensor]:
         epoch, index = divmod(m, self.per_epoch)
-        return self.procs.batch(self.examples, self.order(epoch)[index], self.pad_id, self.pad_to_multiple_of)
+        rows = self.order(epoch)[index]
+        if not self.capacity:
+            return self.procs.batch(self.examples, [row[0] for row in rows], self.pad_id, self.pad_to_multiple_of)
+        mine = self.procs.part(rows)
+        batch = collate_packed([[self.examples[i] for i in row] for row in mine or rows[:1]], self.pad_id,
+                               self.pad_to_multiple_of)  # fmt: skip
+        if not mine:  # a short last batch left this rank nothing: one row with no loss still joins the all-reduce
+            batch["labels"] = torch.full_like(batch["labels"], IGNORE_INDEX)
+        return batch
 
 
 def prepare_for_training(model: nn.Module, autocast_dtype: torch.dtype | None, checkpointing: bool) -> None:
@@ -232,7 +258,7 @@ class Trainer:
         """The run's micro-batches over ``data``: this rank's slice of global batches ordered by (seed, epoch)."""
         c = self.config
         return MicroBatches(data.examples, c.batch_size * self.procs.world, c.seed, self.tokenizer.pad_token_id,
-                            self.procs, c.pad_to_multiple_of)  # fmt: skip
+                            self.procs, c.pad_to_multiple_of, c.seq_len if c.packing else None)  # fmt: skip
 
     def steps_for(self, data: Dataset) -> int:
         """Optimiser steps a run over ``data`` takes: ``max_steps``, or ``epochs`` passes when it is 0."""
@@ -260,10 +286,12 @@ class Trainer:
             self._start_schedule(total)
         show = progress and self.procs.is_main
         if show:
-            waste = padding_waste(batches.lengths, batches.order(0), self.config.pad_to_multiple_of)
+            epochs = total * self.config.grad_accum / batches.per_epoch
+            rows = "rows of packed examples" if self.config.packing else "examples"
             _log(data.describe(self.config.seq_len))
-            _log(f"{self.describe()}; {total} steps; precision {self.autocast or 'fp32'}; padding {100 * waste:.0f}% "
-                 "of tokens")  # fmt: skip
+            _log(f"{self.describe()}; {total} steps = {epochs:.3g} epochs of {batches.per_epoch} batches of "
+                 f"{self.config.batch_size} {rows}; precision {self.autocast or 'fp32'}; padding "
+                 f"{100 * batches.padding():.0f}% of tokens")  # fmt: skip
             _log(self.procs.describe(self.model, self.config.batch_size, self.config.grad_accum))
         first = self.step_count
         bar = tqdm(total=total, initial=first, disable=not show, unit="step", dynamic_ncols=True)

@@ -28,17 +28,26 @@ def error_for(tmp_path: Path, *lines: str | bytes) -> DataError:
 
 def test_reads_both_formats_skips_blank_lines_and_drops_extra_keys(tmp_path: Path) -> None:
     chat = {"id": 7, "messages": [{"role": "system", "content": "Be brief.", "name": "x"}, *CHAT["messages"]]}
-    path = write(tmp_path, json.dumps(chat), "", "   ", json.dumps({**COMPLETION, "source": "math"}), "")
-    records = read_jsonl(str(path))
-    assert records == [
+    path = write(tmp_path, json.dumps(chat), "", "   ", json.dumps(CHAT), "")
+    assert read_jsonl(str(path)) == [
         {"messages": [{"role": "system", "content": "Be brief."}, *CHAT["messages"]]},
-        COMPLETION,
+        CHAT,
     ]
+    path = write(tmp_path, json.dumps({**COMPLETION, "source": "math"}), "", json.dumps(COMPLETION))
+    assert read_jsonl(str(path)) == [COMPLETION, COMPLETION]
+
+
+def test_one_format_per_file(tmp_path: Path) -> None:
+    """The first record sets the file's format; a record of another format is an error naming both."""
+    error = error_for(tmp_path, json.dumps(CHAT), json.dumps(COMPLETION))
+    assert error.line == 2
+    assert "expected a chat ('messages') record" in str(error) and "detected from line 1" in str(error)
+    assert "looks like completion" in str(error)
 
 
 def test_accepts_crlf_and_a_byte_order_mark(tmp_path: Path) -> None:
-    path = write(tmp_path, b"\xef\xbb\xbf" + json.dumps(CHAT).encode() + b"\r", json.dumps(COMPLETION))
-    assert read_jsonl(path) == [CHAT, COMPLETION]
+    path = write(tmp_path, b"\xef\xbb\xbf" + json.dumps(CHAT).encode() + b"\r", json.dumps(CHAT))
+    assert read_jsonl(path) == [CHAT, CHAT]
 
 
 def test_empty_assistant_content_is_allowed(tmp_path: Path) -> None:
@@ -58,15 +67,14 @@ def test_error_str_names_file_and_line(tmp_path: Path) -> None:
     [
         ("[1, 2]", "expected a JSON object, got an array"),
         ('"text"', "expected a JSON object, got a string"),
-        ('{"text": "hi"}', "neither 'messages'"),
         ('{"messages": []}', "'messages' must be a non-empty list"),
         ('{"messages": {"role": "user"}}', "'messages' must be a non-empty list"),
         ('{"messages": ["hi"]}', "messages[0] must be an object, got a string"),
         ('{"messages": [{"content": "hi"}]}', "messages[0] has no 'role'"),
         ('{"messages": [{"role": "user"}]}', "messages[0] has no 'content'"),
         (
-            '{"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]}',
-            "messages[1] has role 'tool'; expected one of system, user, assistant",
+            '{"messages": [{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}]}',
+            "messages[1] has role 'robot'; expected one of system, user, assistant, tool",
         ),
         ('{"messages": [{"role": "assistant", "content": 5}]}', "messages[0] content must be a string"),
         ('{"messages": [{"role": "assistant", "content": null}]}', "got null"),
@@ -78,9 +86,16 @@ def test_error_str_names_file_and_line(tmp_path: Path) -> None:
     ],
 )
 def test_invalid_record_names_the_problem_and_line(tmp_path: Path, record: str, message: str) -> None:
-    error = error_for(tmp_path, json.dumps(COMPLETION), "", record)
+    first = COMPLETION if record.startswith('{"prompt"') else CHAT
+    error = error_for(tmp_path, json.dumps(first), "", record)
     assert error.line == 3
     assert message in str(error)
+
+
+def test_unknown_keys_name_the_formats(tmp_path: Path) -> None:
+    error = error_for(tmp_path, '{"question": "a", "answer": "b"}')
+    assert error.line == 1
+    assert "cannot tell the data format from the keys ('question', 'answer')" in str(error)
 
 
 def test_malformed_json_includes_the_json_message(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ def test_short_training_run_on_the_builtin_model(smollm2, tmp_path: Path) -> Non
     assert peaks == sorted(peaks) and peaks[0] > 0
     assert peaks[-1] <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + 0.05  # logged to 0.1 MiB
     config = json.loads((result.output / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == "smollm2-135m-instruct" and config["r"] == 16
+    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and config["r"] == 16
 
     base = smollm2[0]
     model = lorakit.load_adapter(copy.deepcopy(base), result.output)

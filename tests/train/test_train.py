@@ -80,11 +80,27 @@ def test_outputs_of_a_run(tiny_model_dir: Path, small_chat_data: Path, tmp_path:
     assert [r["step"] for r in records if r["kind"] == "eval"] == [3, 6, 6]
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
     card = (out / "README.md").read_text()
-    assert "Trainable parameters" in card and "PeftModel.from_pretrained" in card
+    assert "Trainable parameters" in card and "AutoPeftModelForCausalLM.from_pretrained" in card
     # the adapter loads in peft
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     theirs = peft.PeftModel.from_pretrained(base, out)
     assert sum(p.numel() for n, p in theirs.named_parameters() if "lora_" in n) == result.trainable
+
+
+def test_eval_split_holds_out_records_for_the_eval_loss(
+    tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path
+) -> None:
+    from lorakit.data.jsonl import read_jsonl
+
+    result = loop.run(_config(tiny_model_dir, small_chat_data, tmp_path / "run", max_steps=1, eval_split=0.25),
+                      progress=False)  # fmt: skip
+    held = read_jsonl(result.output / "held_out.jsonl")
+    everything = read_jsonl(small_chat_data)
+    assert len(held) == 6 and all(r in everything for r in held)
+    summary = json.loads((result.output / "train_summary.json").read_text())
+    assert summary["n_examples"] == 18 and summary["final"]["eval_loss"] > 0
+    with pytest.raises(ValueError, match="--eval-split must be a share"):
+        RunConfig(eval_split=1.5)
 
 
 def test_refuses_to_overwrite_a_finished_run(tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path) -> None:
