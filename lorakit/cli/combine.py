@@ -120,7 +120,7 @@ def common_base(model: str | None, adapters: Sequence[str]) -> str | None:
     for adapter, base in known[1:]:
         if not same_base(base, known[0][1]):
             raise LorakitError(f"{adapter} was trained on {base}, {known[0][0]} on {known[0][1]}: they do not combine")
-    return base_model_for(None, known[0][0]) if known else None
+    return base_model_for(None, known[0][0], announce=False) if known else None
 
 
 def add_parser(sub: Any) -> None:
@@ -145,6 +145,7 @@ def command(args: argparse.Namespace) -> int:
     base = common_base(args.model, args.adapter)
     done = combine_to_folder(base, args.adapter, parse_weights(args.weights), args.output, args.method,
                              args.rank, args.overwrite, args.trust_remote_code)  # fmt: skip
+    recorded = f" (base model {base}, recorded with the adapters)" if base and not args.model else ""
     print(f"combined {len(args.adapter)} adapter(s) with method {done.method} into a rank-{done.rank} adapter "
-          f"in {done.folder}/")  # fmt: skip
+          f"in {done.folder}/{recorded}")  # fmt: skip
     return 0

@@ -185,14 +185,15 @@ def model_with_adapter(
     return prepare_for_inference(model), tokenizer
 
 
-def base_model_for(model: str | None, adapter: str | None) -> str | None:
-    """``--model`` if given, else the base the adapter records (lorakit.origin), else the built-in."""
+def base_model_for(model: str | None, adapter: str | None, announce: bool = True) -> str | None:
+    """``--model`` if given, else the base the adapter records (lorakit.origin, said on stderr when ``announce``),
+    else the built-in."""
     from lorakit.origin import adapter_origin
 
     if not adapter or model:
         return model
     base = adapter_origin(adapter).base_model
-    if base is not None:
+    if base is not None and announce:
         print(f"lorakit: {adapter}: base model {base} (recorded with the adapter; --model overrides)", file=sys.stderr)
     return base
 

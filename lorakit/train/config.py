@@ -89,6 +89,11 @@ class TrainConfig:
     """Under torchrun: shard the frozen base across processes with FSDP2 (default: DDP; no effect in 1 process)."""
 
     def __post_init__(self) -> None:
+        choices = {"method": METHODS, "lr_schedule": ("cosine", "linear", "constant"),
+                   "precision": ("auto", "fp32", "bf16")}  # fmt: skip
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{_flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.lr is None and self.method in DEFAULT_LR:
             object.__setattr__(self, "lr", DEFAULT_LR[self.method])  # frozen: resolved once, recorded as a number
         positive = ("r", "batch_size", "grad_accum", "seq_len", "pad_to_multiple_of")
@@ -121,11 +126,6 @@ class TrainConfig:
             raise ValueError(f"--bits must be 4 or 8, got {self.bits!r}")
         if self.bits != 4 and self.method != "qlora":
             raise ValueError(f"--bits {self.bits} needs --method qlora (plain LoRA keeps the base unquantised)")
-        choices = {"method": METHODS, "lr_schedule": ("cosine", "linear", "constant"),
-                   "precision": ("auto", "fp32", "bf16")}  # fmt: skip
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"--{_flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not isinstance(self.target_modules, str) or not self.target_modules.strip():
             raise ValueError(
                 f"--target-modules must be a comma list, a regex or all-linear, got {self.target_modules!r}"
