@@ -12,9 +12,12 @@ def smollm2():
 
 
 @pytest.fixture(scope="session")
-def smollm2_tokenizer(smollm2):
-    """The built-in model's real tokenizer (ChatML template, eos/pad = <|im_end|>)."""
-    return smollm2[1]
+def smollm2_tokenizer():
+    """The built-in model's real tokenizer (ChatML template, eos/pad = <|im_end|>), loaded without the weights:
+    tests/test_models.py checks it is the one load_model gives."""
+    from lorakit.models import load_tokenizer
+
+    return load_tokenizer()
 
 
 @pytest.fixture(scope="session")

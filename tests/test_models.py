@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import lorakit
-from lorakit.models import builtin_model_dir
+from lorakit.models import builtin_model_dir, load_tokenizer
 from tests.tiny import randomize_lora_b
 
 pytestmark = pytest.mark.integration
@@ -29,6 +29,32 @@ def test_builtin_model_answers_a_question(smollm2) -> None:
         out = model.generate(**ids, max_new_tokens=12, do_sample=False)
     reply = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in reply
+
+
+def test_load_tokenizer_gives_the_tokenizer_of_load_model(
+    smollm2, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the weights, from the converted copy and from the GGUF file alone: the tokenizer load_model gives."""
+    expected = smollm2[1]
+    from_cache = load_tokenizer()  # the fixture's load_model converted the built-in model, if nothing had before
+    monkeypatch.setenv("LORAKIT_HOME", str(tmp_path))
+    from_gguf = load_tokenizer()
+    assert list(tmp_path.iterdir()) == [], "nothing converted, no cache written"
+    system = {"role": "system", "content": "You answer in one word."}
+    user = {"role": "user", "content": "What colour is the sky?"}
+    chats = [([system, user, {"role": "assistant", "content": "Blue."}], False), ([user], True)]
+    rendered = [expected.apply_chat_template(c, tokenize=False, add_generation_prompt=p) for c, p in chats]
+    assert rendered[1].endswith("<|im_start|>assistant\n")
+    texts = ["Hello world", "  café\n\nnaïve 123 <|im_end|> x", "def f(x):\n\treturn x**2", '{"name": "Ada"}']
+    for tokenizer in (from_cache, from_gguf):
+        assert type(tokenizer) is type(expected) and len(tokenizer) == len(expected)
+        assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id) == (2, 2, 1)
+        assert (expected.pad_token_id, expected.eos_token_id, expected.bos_token_id) == (2, 2, 1)
+        assert [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=p) for c, p in chats] == rendered
+        for text in texts + rendered:
+            ids = expected(text)["input_ids"]
+            assert tokenizer(text)["input_ids"] == ids
+            assert tokenizer.decode(ids) == expected.decode(ids)
 
 
 def test_adapter_round_trip_with_peft_on_builtin_model(smollm2, tmp_path: Path) -> None:
