@@ -1,6 +1,15 @@
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import settings
+
+# Every property test runs this many examples (about a second for the slowest, test_fuzz's); the
+# thorough profile runs ten times as many: HYPOTHESIS_PROFILE=thorough make test.
+settings.register_profile("ci", max_examples=100)
+settings.register_profile("thorough", max_examples=1000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")
