@@ -1,6 +1,15 @@
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import settings
+
+# Every property test runs this many examples (about a second for the slowest, test_fuzz's); the
+# thorough profile runs ten times as many: HYPOTHESIS_PROFILE=thorough make test.
+settings.register_profile("ci", max_examples=100)
+settings.register_profile("thorough", max_examples=1000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")
@@ -12,9 +21,12 @@ def smollm2():
 
 
 @pytest.fixture(scope="session")
-def smollm2_tokenizer(smollm2):
-    """The built-in model's real tokenizer (ChatML template, eos/pad = <|im_end|>)."""
-    return smollm2[1]
+def smollm2_tokenizer():
+    """The built-in model's real tokenizer (ChatML template, eos/pad = <|im_end|>), loaded without the weights:
+    tests/test_models.py checks it is the one load_model gives."""
+    from lorakit.models import load_tokenizer
+
+    return load_tokenizer()
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,9 @@ from bench import report, suite
 KEYS = {"name", "title", "command", "machine", "columns", "rows", "notes"}
 
 
+# The two harness runs below start five training and inference processes (~20 s of interpreter and model
+# start-up, nothing cheaper to check it with): slow, like the benchmarks they drive.
+@pytest.mark.slow
 def test_quick_suite_writes_well_formed_results_and_the_report(tmp_path: Path) -> None:
     suite.main(["--quick", "--out", str(tmp_path), "--steps", "1", "--repeats", "1",
                 "--configs", "lorakit (defaults),peft fp32"])  # fmt: skip
@@ -42,6 +45,7 @@ def test_report_renders_other_results_files_and_rejects_malformed_ones(tmp_path:
         report.load(tmp_path)
 
 
+@pytest.mark.slow
 def test_rss_creep_bench_trains_through_the_cli_and_writes_its_table(tmp_path: Path) -> None:
     from bench import rss_creep
 

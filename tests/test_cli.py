@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -16,8 +19,17 @@ from lorakit.cli import main
 from lorakit.config import LoraConfig
 
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
+def _process(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m lorakit args`` in a real process: what a shell sees."""
     return subprocess.run([sys.executable, "-m", "lorakit", *args], capture_output=True, text=True, timeout=300)
+
+
+def _run(*args: str, input: str = "") -> subprocess.CompletedProcess[str]:
+    """``lorakit args`` in this process (lorakit.cli.main, what the script calls), seen as a finished process."""
+    out, err = io.StringIO(), io.StringIO()
+    with mock.patch("sys.stdin", io.StringIO(input)), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(["lorakit", *args], code, out.getvalue(), err.getvalue())
 
 
 def _one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -30,14 +42,9 @@ def _one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> 
 
 
 def test_missing_data_file(tmp_path: Path) -> None:
-    _one_line_error(_run("train", "--data", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "o")),
+    """A real process (the other errors run in-process, here and in tests/test_cli_errors.py)."""
+    _one_line_error(_process("train", "--data", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "o")),
                     "nope.jsonl", "no such file")  # fmt: skip
-
-
-def test_invalid_data_line_names_file_and_line(tmp_path: Path) -> None:
-    data = tmp_path / "data.jsonl"
-    data.write_text('{"prompt": "a", "completion": "b"}\n\n{"prompt": "a", "completion": \n', encoding="utf-8")
-    _one_line_error(_run("train", "--data", str(data), "--output", str(tmp_path / "o")), "data.jsonl:3:")
 
 
 def test_missing_model_path(tmp_path: Path, small_chat_data: Path) -> None:
@@ -130,14 +137,11 @@ def test_generate_and_chat_run_on_tiny_model(tiny_model_dir: Path) -> None:
     proc = _run("generate", "--model", str(tiny_model_dir), "--prompt", "hello", "--max-new-tokens", "4")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.endswith("\n") and "error" not in proc.stderr  # a random tiny model may reply in whitespace
-    chat = subprocess.run(
-        [sys.executable, "-m", "lorakit", "chat", "--model", str(tiny_model_dir), "--max-new-tokens", "3"],
-        input="hello\nand again\n/exit\n", capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    chat = _run("chat", "--model", str(tiny_model_dir), "--max-new-tokens", "3", input="hello\nand again\n/exit\n")
     assert chat.returncode == 0, chat.stderr
     assert chat.stdout.count("assistant> ") == 2, chat.stdout
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
-    proc = _run("train", "--debug", "--data", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "o"))
+    proc = _process("train", "--debug", "--data", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "o"))
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "DataError" in proc.stderr

@@ -1,7 +1,7 @@
 """Every user mistake through the real CLI entry point: exit code 2, one line naming the culprit, nothing written.
 
 Each case runs ``lorakit.cli.main`` (what the ``lorakit`` script calls) in this process, which is what makes
-two dozen cases cheap; tests/test_cli.py runs a few of them as real subprocesses too.
+two dozen cases cheap; tests/test_cli.py runs one error and ``--debug`` as real subprocesses.
 """
 
 from __future__ import annotations

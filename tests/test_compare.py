@@ -40,6 +40,7 @@ def test_method_specs() -> None:
         parse_methods("lora:rank=8")
 
 
+@pytest.mark.slow  # four `lorakit train` processes, ~20 s of start-up on 2 cores: the whole command, end to end
 def test_quick_compare_writes_report_and_plots(tiny_model_dir: Path, tmp_path: Path) -> None:
     methods = parse_methods("full,lora:r=4")
     report = run_compare(["format", "knowledge"], methods, None, True, tmp_path, model=str(tiny_model_dir))

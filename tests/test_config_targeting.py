@@ -23,7 +23,7 @@ TARGETS = [
 ]  # fmt: skip
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(
     name=st.sampled_from(NAMES),
     targets=st.sampled_from(TARGETS),

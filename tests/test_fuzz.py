@@ -24,7 +24,7 @@ JSON = st.recursive(
 KEYS = st.sampled_from(["messages", "prompt", "completion", "role", "content", "r", "lora_alpha", "peft_type",
                         "target_modules", "bias", "lr", "max_steps", "seq-len", "rank_pattern"])  # fmt: skip
 RECORD = st.dictionaries(KEYS | st.text(max_size=8), JSON, max_size=5)
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def _write(data: bytes) -> Path:

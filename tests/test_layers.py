@@ -114,7 +114,7 @@ KINDS = st.sampled_from(["linear", "embedding", "conv1d", "conv2d"])
 DTYPES = st.sampled_from([torch.float32, torch.float64, torch.bfloat16])
 
 
-@settings(max_examples=40, deadline=None)
+@settings(deadline=None)
 @given(kind=KINDS, dtype=DTYPES, r=st.integers(1, 6), alpha=st.floats(0.5, 32), seed=st.integers(0, 2**16))
 def test_fresh_adapter_changes_nothing(kind: str, dtype: torch.dtype, r: int, alpha: float, seed: int) -> None:
     torch.manual_seed(seed)
@@ -126,7 +126,7 @@ def test_fresh_adapter_changes_nothing(kind: str, dtype: torch.dtype, r: int, al
     assert torch.equal(layer(x), expected)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(deadline=None)
 @given(kind=KINDS, dtype=DTYPES, r=st.integers(1, 6), alpha=st.floats(0.5, 32), seed=st.integers(0, 2**16))
 def test_merge_then_unmerge_is_identity_and_merge_keeps_outputs(
     kind: str, dtype: torch.dtype, r: int, alpha: float, seed: int

@@ -83,8 +83,14 @@ def test_a_threshold_the_user_chose_is_kept() -> None:
     assert got["big"] is False, "the user's 32 MiB threshold still holds"
 
 
-def test_loading_heap_maps_blocks_over_64k_then_pins_4m() -> None:
-    got = _probe(LOADING)
+@pytest.fixture(scope="module")
+def loading() -> dict[str, Any]:
+    """One fresh process's LOADING observations, read by two tests."""
+    return _probe(LOADING)
+
+
+def test_loading_heap_maps_blocks_over_64k_then_pins_4m(loading: dict[str, Any]) -> None:
+    got = loading
     assert got["loading_1m"] is True and got["loading_32k"] is False
     assert got["after_loading_1m"] is False and got["after_loading_24m"] is True
 
@@ -94,7 +100,7 @@ def test_loading_heap_keeps_the_users_threshold() -> None:
     assert got["loading_1m"] is False and got["after_loading_24m"] is False
 
 
-def test_heap_in_use_counts_heap_and_mapped_blocks() -> None:
-    got = _probe(LOADING)
+def test_heap_in_use_counts_heap_and_mapped_blocks(loading: dict[str, Any]) -> None:
+    got = loading
     assert 12 <= got["in_use_grew_mib"] < 12.1, "3 MiB in the heap + 9 MiB mapped, plus malloc's headers"
     assert abs(got["in_use_after_free_mib"]) < 0.1

@@ -6,15 +6,19 @@ import copy
 import os
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import peft
 import pytest
 import torch
 
 import lorakit
-from lorakit.models import builtin_model_dir
-from tests.tiny import randomize_lora_b
+from lorakit import models
+from lorakit.models import builtin_gguf, builtin_model_dir, load_tokenizer
+from tests.tiny import randomize_lora_b, tiny_llama
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +33,32 @@ def test_builtin_model_answers_a_question(smollm2) -> None:
         out = model.generate(**ids, max_new_tokens=12, do_sample=False)
     reply = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in reply
+
+
+def test_load_tokenizer_gives_the_tokenizer_of_load_model(
+    smollm2, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the weights, from the converted copy and from the GGUF file alone: the tokenizer load_model gives."""
+    expected = smollm2[1]
+    from_cache = load_tokenizer()  # the fixture's load_model converted the built-in model, if nothing had before
+    monkeypatch.setenv("LORAKIT_HOME", str(tmp_path))
+    from_gguf = load_tokenizer()
+    assert list(tmp_path.iterdir()) == [], "nothing converted, no cache written"
+    system = {"role": "system", "content": "You answer in one word."}
+    user = {"role": "user", "content": "What colour is the sky?"}
+    chats = [([system, user, {"role": "assistant", "content": "Blue."}], False), ([user], True)]
+    rendered = [expected.apply_chat_template(c, tokenize=False, add_generation_prompt=p) for c, p in chats]
+    assert rendered[1].endswith("<|im_start|>assistant\n")
+    texts = ["Hello world", "  café\n\nnaïve 123 <|im_end|> x", "def f(x):\n\treturn x**2", '{"name": "Ada"}']
+    for tokenizer in (from_cache, from_gguf):
+        assert type(tokenizer) is type(expected) and len(tokenizer) == len(expected)
+        assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id) == (2, 2, 1)
+        assert (expected.pad_token_id, expected.eos_token_id, expected.bos_token_id) == (2, 2, 1)
+        assert [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=p) for c, p in chats] == rendered
+        for text in texts + rendered:
+            ids = expected(text)["input_ids"]
+            assert tokenizer(text)["input_ids"] == ids
+            assert tokenizer.decode(ids) == expected.decode(ids)
 
 
 def test_adapter_round_trip_with_peft_on_builtin_model(smollm2, tmp_path: Path) -> None:
@@ -75,8 +105,49 @@ def test_missing_model_path_is_one_clear_error(tmp_path: Path) -> None:
         lorakit.load_model(str(tmp_path / "empty"))
 
 
+def test_concurrent_conversions_leave_one_whole_cache(
+    smollm2_tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two first uses at once into an empty LORAKIT_HOME, both inside the conversion before either writes (a tiny
+    model stands in for the de-quantised one): both get the one cache, whole, and no temporary folder is left.
+    The slow test below races the real GGUF conversion in two processes."""
+    monkeypatch.setenv("LORAKIT_HOME", str(tmp_path))
+    converted, both_converting = tiny_llama(), threading.Barrier(2, timeout=60)
+
+    def convert(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+        assert path == builtin_gguf() and dtype == torch.float32
+        both_converting.wait()
+        return converted, smollm2_tokenizer
+
+    renames: list[str] = []
+    real_rename = os.rename
+
+    def rename(source: Path, destination: Path) -> None:
+        try:
+            real_rename(source, destination)
+        except OSError:
+            renames.append("lost")
+            raise
+        renames.append("won")
+
+    monkeypatch.setattr(models, "_load_gguf", convert)
+    monkeypatch.setattr(os, "rename", rename)
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(lambda _: builtin_model_dir(), range(2)))
+    target = tmp_path / "models" / "smollm2-135m-instruct"
+    assert outs == [target] * 2
+    assert sorted(renames) == ["lost", "won"], "both converted; the second copy was discarded"
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [target.name], "no temporary folder left"
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in target.iterdir()}
+    cached = lorakit.load_model()[0].state_dict()
+    assert all(torch.equal(cached[k], v) for k, v in converted.state_dict().items())
+
+
+@pytest.mark.slow
 def test_concurrent_first_use_builds_one_whole_cache(tmp_path: Path) -> None:
-    """Two processes convert the GGUF file at once into an empty LORAKIT_HOME; both end with a good cache."""
+    """Two processes convert the GGUF file at once into an empty LORAKIT_HOME; both end with a good cache.
+
+    Slow (two real de-quantisations, ~20 s on 2 cores); the test above races the same code in one process."""
     env = {**os.environ, "LORAKIT_HOME": str(tmp_path)}
     code = "import lorakit.models as m; print(m.builtin_model_dir())"
     procs = [

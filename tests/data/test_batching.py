@@ -11,7 +11,7 @@ from lorakit.data.batching import BATCHES_PER_CHUNK, batch_order, collate, paddi
 from lorakit.data.tokenize import IGNORE_INDEX, TokenizedExample
 
 
-@settings(max_examples=60, deadline=None)
+@settings(deadline=None)
 @given(
     lengths=st.lists(st.integers(min_value=1, max_value=512), max_size=700),
     batch_size=st.integers(min_value=1, max_value=16),

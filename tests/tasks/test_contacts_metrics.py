@@ -167,7 +167,7 @@ def test_score_all_rejects_mismatch_and_empty() -> None:
 details = st.one_of(st.none(), st.text(max_size=30))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(deadline=None)
 @given(st.fixed_dictionaries({k: details for k in KEYS}), st.booleans())
 def test_any_reference_as_json_is_an_exact_match(reference: dict[str, str | None], escape: bool) -> None:
     reply = json.dumps(reference, ensure_ascii=escape)

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from lorakit.cli import train as loop
 from lorakit.cli.train import RunConfig
 
-STEPS = 30
+STEPS = 12
 # Runs `lorakit train` with the checkpoint write slowed down after its adapter half, announcing the moment with
 # a marker file, so that the test can kill the process inside the write.
 SLOW_CHECKPOINT = """

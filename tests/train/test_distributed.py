@@ -107,6 +107,7 @@ def test_two_processes_accumulate_like_one_process(tiny_model_dir: Path, small_c
     _assert_same_and_trained(expected, tmp_path / "two", tiny_model_dir)
 
 
+@pytest.mark.slow  # two torchrun launches of two processes each (~12 s of start-up on 2 cores)
 def test_two_processes_resume_to_the_adapter_of_an_uninterrupted_run(
     tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path
 ) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,15 +35,16 @@ def test_malicious_checkpoint_state_is_refused_unexecuted(
     pwned = tmp_path / "pwned"
     state.write_bytes(pickle.dumps({"step": 1, "x": _Payload(pwned)}))
     (tmp_path / "run" / "train_summary.json").unlink()  # as if killed before the end
-    proc = subprocess.run(
-        [sys.executable, "-m", "lorakit", "train", "--model", str(tiny_model_dir), "--data", str(small_chat_data),
-         "--output", str(tmp_path / "run"), "--max-steps", "4", "--save-every", "2", "--batch-size", "4",
-         "--precision", "fp32", "--r", "4", "--lora-alpha", "8", "--resume"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 2, proc.stderr
-    assert "not a lorakit checkpoint state, refused without running it" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    from lorakit.cli import main  # in this process: the payload would run in whichever process unpickles it
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code = main(["train", "--model", str(tiny_model_dir), "--data", str(small_chat_data),
+                     "--output", str(tmp_path / "run"), "--max-steps", "4", "--save-every", "2", "--batch-size", "4",
+                     "--precision", "fp32", "--r", "4", "--lora-alpha", "8", "--resume"])  # fmt: skip
+    assert code == 2, stderr.getvalue()
+    assert "not a lorakit checkpoint state, refused without running it" in stderr.getvalue()
+    assert "Traceback" not in stderr.getvalue()
     assert not pwned.exists(), "the pickle's code ran"
 
 
