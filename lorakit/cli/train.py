@@ -78,8 +78,6 @@ class RunConfig(TrainConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 0, got {value!r}")
-        if self.fsdp and (self.save_every or self.resume):
-            raise ValueError("--fsdp does not write checkpoints yet: drop --save-every and --resume, or use DDP")
 
 
 # Fields a resumed run may change; any other difference means a different run. pad_to_multiple_of only pads
