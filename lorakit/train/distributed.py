@@ -75,8 +75,14 @@ class Processes:
         a plain single-process run when there is none or it has one process. Never starts a group."""
         if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
             return cls()
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        return cls(dist.get_rank(), dist.get_world_size(), local_rank, fsdp, backend=str(dist.get_backend()))
+        backend = str(dist.get_backend())
+        # The device of this rank: torchrun and Ray Train say it in LOCAL_RANK; an engine that does not has set
+        # the current CUDA device itself (NCCL needs one), and gloo runs on the CPU.
+        if "LOCAL_RANK" in os.environ:
+            local_rank = int(os.environ["LOCAL_RANK"])
+        else:
+            local_rank = torch.cuda.current_device() if backend == "nccl" else 0
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank, fsdp, backend=backend)
 
     @property
     def is_main(self) -> bool:
