@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -87,15 +88,21 @@ def save_adapter(
     path: str | os.PathLike[str],
     name: str = DEFAULT_NAME,
     initial_adapter: str | os.PathLike[str] | None = None,
+    tensors: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write adapter ``name`` as peft does; returns the folder written.
 
     ``initial_adapter``: the folder a PiSSA/OLoRA adapter was saved to right after ``add_adapter`` (before
     training). The adapter is then written as a plain LoRA adapter of rank 2r relative to the *original* base
     weights, so it loads on an unmodified base (peft's ``path_initial_model_for_weight_conversion``).
+    ``tensors``: the adapter's values under their file keys when the model's own parameters do not hold them
+    whole (an FSDP2 run's, gathered from the shards); every key the adapter has, each of its shape.
     """
     configs = check_known(model, [name])
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter_tensors(model, name).items()}
+    if tensors is not None:
+        _check_whole(adapter_tensors(model, name), tensors)
+    source = adapter_tensors(model, name) if tensors is None else tensors
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in source.items()}
     config_obj = configs[name]
     if initial_adapter is not None:
         tensors, config_obj = _converted_to_lora(tensors, config_obj, initial_adapter)
@@ -256,3 +263,16 @@ def _copy_into(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]
     with torch.no_grad():
         for key, param in expected.items():
             param.copy_(found[key].to(dtype=param.dtype, device=param.device))
+
+
+def _check_whole(expected: dict[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> None:
+    """``save_adapter(tensors=...)``: the adapter's keys, each of its whole shape (a shard is refused)."""
+    differ = sorted(set(expected) ^ set(given))
+    if differ:
+        raise AdapterError(f"tensors to save do not match the adapter's keys, e.g. {differ[0]!r}")
+    for key, param in expected.items():
+        if tuple(given[key].shape) != tuple(param.shape):
+            raise AdapterError(
+                f"{_module_of(key)}: tensor to save has shape {tuple(given[key].shape)}, the adapter's is "
+                f"{tuple(param.shape)}"
+            )

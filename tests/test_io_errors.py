@@ -103,3 +103,20 @@ def test_load_into_existing_adapter_overwrites_weights(saved: Path) -> None:
         model.model.layers[0].self_attn.q_proj.lora_A["default"].weight.zero_()
     lorakit.load_adapter(model, saved)
     assert model.model.layers[0].self_attn.q_proj.lora_A["default"].weight.abs().sum() > 0
+
+
+def test_save_adapter_writes_the_whole_tensors_it_is_given_and_refuses_a_shard(tmp_path: Path) -> None:
+    """``tensors=``: an FSDP2 run's adapter gathered from the shards is written in place of the model's own."""
+    from safetensors.torch import load_file
+
+    model = lorakit.add_adapter(tiny_llama(), lorakit.LoraConfig(r=2, target_modules=["q_proj"]))
+    own = lorakit.io.adapter_tensors(model, "default")
+    given = {k: torch.full_like(v, 0.5) for k, v in own.items()}
+    folder = lorakit.save_adapter(model, tmp_path / "adapter", tensors=given)
+    written = load_file(folder / "adapter_model.safetensors")
+    assert sorted(written) == sorted(own) and all(torch.equal(written[k], given[k]) for k in own)
+    key = next(k for k in own if k.endswith("lora_B.weight"))
+    with pytest.raises(lorakit.AdapterError, match=r"q_proj: tensor to save has shape \(\d+, 2\), the adapter's"):
+        lorakit.save_adapter(model, tmp_path / "shard", tensors={**given, key: given[key][:2]})
+    with pytest.raises(lorakit.AdapterError, match="do not match the adapter's keys"):
+        lorakit.save_adapter(model, tmp_path / "missing", tensors={k: v for k, v in given.items() if k != key})

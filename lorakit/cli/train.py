@@ -91,8 +91,6 @@ class RunConfig(TrainConfig):
             raise ValueError(f"--eval-split must be a share in [0, 1), got {split!r}")
         if split and self.eval_data:
             raise ValueError("give --eval-data or --eval-split, not both")
-        if self.fsdp and (self.save_every or self.resume):
-            raise ValueError("--fsdp does not write checkpoints yet: drop --save-every and --resume, or use DDP")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> RunConfig:

@@ -32,16 +32,19 @@ def checkpoint_root(output: Path) -> Path:
     return output / "checkpoints"
 
 
-def save_checkpoint(output: Path, model: nn.Module, state: dict[str, Any]) -> Path:
+def save_checkpoint(
+    output: Path, model: nn.Module, state: dict[str, Any], weights: dict[str, torch.Tensor] | None = None
+) -> Path:
     """Write ``<output>/checkpoints/step-NNNNNN/``: the trained weights and ``state`` (a trainer's ``state_dict``,
-    which holds ``step``), whole or not at all; only the newest ``KEEP`` are kept."""
+    which holds ``step``), whole or not at all; only the newest ``KEEP`` are kept. ``weights``: the trained
+    parameters' values by their names in ``model``, when its own parameters are not whole (FSDP2 shards)."""
     root = checkpoint_root(output)
     step = int(state["step"])
     final = root / f"step-{step:06d}"
     try:
         # replace: a re-run of the same step after a resume replaces it whole
         with atomic_folder(final, replace=True) as tmp:
-            _save_weights(model, tmp)
+            _save_weights(model, tmp, weights)
             # Serialised in memory first: torch.save straight to a full disk fails with an unrelated message.
             buffer = io.BytesIO()
             torch.save(state, buffer)
@@ -77,13 +80,21 @@ def _trained_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: param for name, param in model.named_parameters() if param.requires_grad}
 
 
-def _save_weights(model: nn.Module, folder: Path) -> None:
+def _save_weights(model: nn.Module, folder: Path, weights: dict[str, torch.Tensor] | None) -> None:
     if adapter_configs(model):
-        save_adapter(model, folder)
+        save_adapter(model, folder, tensors=None if weights is None else _by_file_key(model, weights))
         return
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().contiguous() for k, v in _trained_tensors(model).items()}, str(folder / FULL_WEIGHTS))
+    trained = _trained_tensors(model)
+    values = trained if weights is None else {name: weights[name] for name in trained}
+    save_file({k: v.detach().contiguous() for k, v in values.items()}, str(folder / FULL_WEIGHTS))
+
+
+def _by_file_key(model: nn.Module, by_name: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The adapter's tensors in ``by_name`` (parameter name -> value) under their file keys."""
+    name_of: dict[torch.Tensor, str] = {param: name for name, param in model.named_parameters()}
+    return {key: by_name[name_of[param]] for key, param in adapter_tensors(model, "default").items()}
 
 
 def list_checkpoints(output: Path) -> list[Path]:
@@ -95,15 +106,16 @@ def list_checkpoints(output: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.removeprefix("step-")))
 
 
-def load_checkpoint(folder: Path, model: nn.Module) -> dict[str, Any]:
-    """Copy a checkpoint's trained weights into ``model``; returns the state ``save_checkpoint`` wrote with it."""
+def read_checkpoint(folder: Path, model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A checkpoint's trained weights, by the names of ``model``'s parameters they belong to, and the state
+    ``save_checkpoint`` wrote with them. Copying the weights in is the caller's (``Processes.load_trained``)."""
     from safetensors.torch import load_file
 
     full = not adapter_configs(model)
     weights = load_file(folder / (FULL_WEIGHTS if full else "adapter_model.safetensors"))
-    with torch.no_grad():
-        for key, param in (_trained_tensors(model) if full else adapter_tensors(model, "default")).items():
-            param.copy_(weights[key])
+    if not full:
+        name_of: dict[torch.Tensor, str] = {param: name for name, param in model.named_parameters()}
+        weights = {name_of[param]: weights[key] for key, param in adapter_tensors(model, "default").items()}
     # weights_only: the state holds tensors and plain Python values, so nothing executable is unpickled
     try:
         state: dict[str, Any] = torch.load(folder / STATE_NAME, weights_only=True)
@@ -112,7 +124,7 @@ def load_checkpoint(folder: Path, model: nn.Module) -> dict[str, Any]:
         raise LorakitError(
             f"{folder / STATE_NAME}: not a lorakit checkpoint state, refused without running it ({reason})"
         ) from None
-    return state
+    return weights, state
 
 
 def clean_temporary(output: Path) -> None:

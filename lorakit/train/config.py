@@ -86,7 +86,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward: less memory for ~1/3 more compute."""
     fsdp: bool = False
-    """Under torchrun: shard the frozen base across processes with FSDP2 (default: DDP; no effect in 1 process)."""
+    """In a process group (torchrun, Ray Train): shard the frozen base with FSDP2 (default: DDP; no effect alone)."""
 
     def __post_init__(self) -> None:
         choices = {"method": METHODS, "lr_schedule": ("cosine", "linear", "constant"),

@@ -36,6 +36,9 @@ from lorakit.loss import IGNORE_INDEX, token_loss_sum
 T = TypeVar("T")
 
 
+INNER = "model."  # a parameter's name in LossModule = INNER + its name in the model
+
+
 class LossModule(nn.Module):
     """``forward(batch)`` = the batch's label-token loss sum; the one module DDP or FSDP2 wraps.
 
@@ -72,8 +75,14 @@ class Processes:
         a plain single-process run when there is none or it has one process. Never starts a group."""
         if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
             return cls()
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        return cls(dist.get_rank(), dist.get_world_size(), local_rank, fsdp, backend=str(dist.get_backend()))
+        backend = str(dist.get_backend())
+        # The device of this rank: torchrun and Ray Train say it in LOCAL_RANK; an engine that does not has set
+        # the current CUDA device itself (NCCL needs one), and gloo runs on the CPU.
+        if "LOCAL_RANK" in os.environ:
+            local_rank = int(os.environ["LOCAL_RANK"])
+        else:
+            local_rank = torch.cuda.current_device() if backend == "nccl" else 0
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank, fsdp, backend=backend)
 
     @property
     def is_main(self) -> bool:
@@ -187,6 +196,84 @@ class Processes:
                 f"{self.world}; the global batch would change (--batch-size is per process)"
             )
         return extra["rng_ranks"][self.rank] if self.world > 1 else None
+
+    # FSDP2 holds each rank's shard of every parameter and of its AdamW moments. A checkpoint holds them whole,
+    # in the form a single process writes, so it is the same folder as any other run's: the trained tensors are
+    # gathered onto rank 0's CPU with torch.distributed.checkpoint's full-state calls (the frozen base never
+    # leaves its shards), and on resume rank 0's whole tensors are broadcast and each rank keeps its shard.
+    @property
+    def sharded(self) -> bool:
+        return self.fsdp and self.world > 1
+
+    def trained_weights(self, forward: nn.Module) -> dict[str, torch.Tensor] | None:
+        """FSDP2: the trainable parameters whole, on rank 0's CPU, by their names in the model (a collective; the
+        other ranks get {}). None otherwise: the model's own parameters are whole."""
+        if not self.sharded:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+        whole = get_model_state_dict(forward, options=options)  # {} on ranks other than 0
+        return {k.removeprefix(INNER): v for k, v in whole.items() if isinstance(v, torch.Tensor)}
+
+    def load_trained(self, forward: nn.Module, model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+        """Copy ``weights`` (whole tensors by their names in ``model``, as ``trained_weights`` gives them) into
+        ``model`` (which ``forward`` wraps). Under FSDP2, a collective: rank 0's ``weights`` are broadcast and each
+        rank keeps its shard (the others' ``weights`` are not read)."""
+        if not self.sharded:
+            params = dict(model.named_parameters())
+            with torch.no_grad():
+                for name, value in weights.items():
+                    params[name].copy_(value)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+        set_model_state_dict(forward, {INNER + k: v for k, v in weights.items()}, options=options)
+
+    def optimizer_state(self, forward: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """``optimizer.state_dict()``: parameters numbered in the optimiser's order. Under FSDP2 the moments are
+        gathered whole onto rank 0's CPU (a collective; the other ranks get {})."""
+        if not self.sharded or not optimizer.state:  # no moments before the first step: nothing is sharded
+            return optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        whole = get_optimizer_state_dict(forward, optimizer, options=options)  # keyed by parameter names
+        if not whole:
+            return {}
+        groups: list[dict[str, Any]] = whole["param_groups"]  # type: ignore[assignment]
+        number = {name: i for i, name in enumerate(name for g in groups for name in g["params"])}
+        return {
+            "state": {number[name]: value for name, value in whole["state"].items()},  # type: ignore[union-attr]
+            "param_groups": [{**g, "params": [number[name] for name in g["params"]]} for g in groups],
+        }
+
+    def load_optimizer_state(self, forward: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """``optimizer.load_state_dict(state)``. Under FSDP2, a collective: rank 0's ``state`` (whole, as
+        ``optimizer_state`` gives it) is broadcast and each rank keeps its shard (the others' is not read)."""
+        if not self.sharded:
+            optimizer.load_state_dict(state)
+            return
+        # A state from before the first step has no moments (DCP would make some with a step of lr 0): load it
+        # as it is, on every rank.
+        box = [state if self.is_main and not state.get("state") else None]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None:
+            optimizer.load_state_dict(box[0])
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        by_name: dict[str, Any] = {}
+        if self.is_main:
+            names = {param: name for name, param in forward.named_parameters()}
+            order = [names[p] for g in optimizer.param_groups for p in g["params"]]
+            by_name = {
+                "state": {order[i]: value for i, value in state["state"].items()},
+                "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]],
+            }
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        set_optimizer_state_dict(forward, optimizer, by_name, options=options)
 
     @contextlib.contextmanager
     def full_params(self, module: nn.Module) -> Iterator[None]:

@@ -44,7 +44,7 @@ from lorakit.loss import autocast, label_count, mean_token_loss
 from lorakit.memory import peak_rss_mb
 from lorakit.models import resolve_precision
 from lorakit.train.attention import fp32_attention
-from lorakit.train.checkpoint import load_checkpoint, save_checkpoint
+from lorakit.train.checkpoint import read_checkpoint, save_checkpoint
 from lorakit.train.config import TrainConfig
 from lorakit.train.distributed import Processes
 from lorakit.train.optim import build_optimizer, schedule
@@ -345,20 +345,22 @@ class Trainer:
     # ---- state: what a checkpoint holds
     def state_dict(self) -> dict[str, Any]:
         """Step, optimiser, schedule and RNG states (the trained weights are the model's). In a process group this
-        is a collective (every rank's RNG state is gathered): call it on every rank."""
+        is a collective (every rank's RNG state is gathered): call it on every rank. Under FSDP2 the optimiser's
+        state is gathered whole onto rank 0 (the other ranks hold {} there), in the form one process writes."""
         return {
             "step": self.step_count,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.procs.optimizer_state(self.forward, self.optimizer),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "rng": self._rng,
             "extra": self.procs.checkpoint_extra(self._rng),
         }
 
     def load_state_dict(self, state: Mapping[str, Any], source: Path | str = "checkpoint") -> None:
-        """Continue from ``state`` (a ``state_dict``, or a checkpoint written by ``lorakit train``)."""
+        """Continue from ``state`` (a ``state_dict``, or a checkpoint written by ``lorakit train``). In a process
+        group, call it on every rank (under FSDP2 the optimiser's state is rank 0's)."""
         rank_rng = self.procs.resumed(Path(source), state.get("extra", {}))
         self.step_count = int(state["step"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.procs.load_optimizer_state(self.forward, self.optimizer, state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         else:
@@ -369,12 +371,14 @@ class Trainer:
         """``<output>/checkpoints/step-NNNNNN/`` (``lorakit.train.checkpoint``), written by rank 0; every rank calls
         it. Returns the folder (None on other ranks)."""
         state = self.state_dict()
-        with self.procs.full_params(self.forward):
-            return save_checkpoint(output, self.model, state) if self.procs.is_main else None
+        weights = self.procs.trained_weights(self.forward)  # FSDP2: gathered whole onto rank 0; else None
+        return save_checkpoint(output, self.model, state, weights) if self.procs.is_main else None
 
     def load_checkpoint(self, folder: Path) -> None:
-        """Weights and state from a checkpoint folder ``save_checkpoint`` wrote."""
-        self.load_state_dict(load_checkpoint(folder, self.model), folder)
+        """Weights and state from a checkpoint folder ``save_checkpoint`` wrote (every rank calls it)."""
+        weights, state = read_checkpoint(folder, self.model)
+        self.procs.load_trained(self.forward, self.model, weights)
+        self.load_state_dict(state, folder)
 
     def save(self, output: Path, initial_adapter: Path | None = None) -> None:
         """The trained result, written by rank 0 (every rank calls it): the adapter in peft's format, or for full

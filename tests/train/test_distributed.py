@@ -1,7 +1,9 @@
 """``torchrun`` with 2 CPU processes (gloo) trains the same adapter as 1 process with the global batch.
 
 The reference is the plain single-process loop with batch 4; the distributed runs are the real launcher
-(``python -m torch.distributed.run``) running ``python -m lorakit train`` with batch 2 per process.
+(``python -m torch.distributed.run``) running ``python -m lorakit train`` with batch 2 per process. Their
+checkpoints (DDP's and FSDP2's alike) hold what the single process's hold, and a killed run resumes to the
+adapter of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def reference(tiny_model_dir: Path, small_chat_data: Path, tmp_path_factory: pyt
     """One process, batch 4: the adapter (and losses) two processes with batch 2 each must reproduce."""
     output = tmp_path_factory.mktemp("one-process")
     cfg = RunConfig(model=str(tiny_model_dir), data=str(small_chat_data), output=str(output), batch_size=4,
-                      eval_data=str(small_chat_data), eval_every=2, **COMMON)  # type: ignore[arg-type]  # fmt: skip
+                      eval_data=str(small_chat_data), eval_every=2, save_every=2, **COMMON)  # type: ignore[arg-type]  # fmt: skip
     return loop.run(cfg, progress=False).output
 
 
@@ -78,13 +80,35 @@ def _assert_same_and_trained(reference: Path, got: Path, model_dir: Path) -> Non
     assert moved > 1e-3, "the adapter trained"
 
 
+def _assert_same_checkpoint(reference: Path, got: Path) -> None:
+    """A 2-process checkpoint is the folder 1 process writes: the same files, the adapter whole in peft's format,
+    and the optimiser's moments (gathered whole under FSDP2) and schedule, numbered as torch.optim numbers them."""
+    assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in reference.iterdir())
+    config = [json.loads((folder / "adapter_config.json").read_text()) for folder in (got, reference)]
+    assert config[0] == config[1]  # as values: the command line's lora_alpha 8.0 is the reference's 8
+    a, b = _weights(reference), _weights(got)
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}, "whole tensors, not shards"
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+    ours = torch.load(got / "trainer_state.pt", weights_only=True)
+    theirs = torch.load(reference / "trainer_state.pt", weights_only=True)
+    assert (ours["step"], ours["scheduler"]) == (theirs["step"], theirs["scheduler"])
+    assert ours["optimizer"]["param_groups"] == theirs["optimizer"]["param_groups"]
+    moments, expected = ours["optimizer"]["state"], theirs["optimizer"]["state"]
+    assert sorted(moments) == sorted(expected)
+    for i in expected:
+        for name in ("step", "exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(moments[i][name], expected[i][name], rtol=1e-4, atol=1e-9)
+    assert ours["extra"]["processes"] == 2 and len(ours["extra"]["rng_ranks"]) == 2, "every rank's RNG state"
+
+
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
 def test_two_processes_train_the_adapter_of_one_process_with_the_global_batch(
     fsdp: bool, reference: Path, tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path
 ) -> None:
     log = _torchrun(2, tiny_model_dir, small_chat_data, tmp_path / "run", batch_size=2, fsdp=fsdp,
-                    eval_data=small_chat_data, eval_every=2)  # fmt: skip
+                    eval_data=small_chat_data, eval_every=2, save_every=2)  # fmt: skip
     _assert_same_and_trained(reference, tmp_path / "run", tiny_model_dir)
+    _assert_same_checkpoint(reference / "checkpoints" / "step-000002", tmp_path / "run" / "checkpoints" / "step-000002")
     assert "global batch 2 x 2 processes x 1 accumulation = 4 examples/step" in log
     assert json.loads((tmp_path / "run" / "adapter_config.json").read_text())["r"] == 4
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -107,13 +131,16 @@ def test_two_processes_accumulate_like_one_process(tiny_model_dir: Path, small_c
     _assert_same_and_trained(expected, tmp_path / "two", tiny_model_dir)
 
 
-@pytest.mark.slow  # two torchrun launches of two processes each (~12 s of start-up on 2 cores)
+# Two (DDP) or four (FSDP2) torchrun launches of two processes each; .ci/run runs the slow marker after make test.
+@pytest.mark.slow
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
 def test_two_processes_resume_to_the_adapter_of_an_uninterrupted_run(
-    tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path
+    fsdp: bool, tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path
 ) -> None:
-    """With dropout, so each rank's own RNG state must come back from the checkpoint."""
+    """With dropout, so each rank's own RNG state must come back from the checkpoint. Under FSDP2 the adapter and
+    the AdamW moments are sharded in memory, gathered whole into the checkpoint and sharded again on resume."""
     out = tmp_path / "two"
-    flags = dict(batch_size=2, save_every=2, lora_dropout=0.1)
+    flags = dict(batch_size=2, save_every=2, lora_dropout=0.1, fsdp=fsdp)
     _torchrun(2, tiny_model_dir, small_chat_data, out, **flags)
     uninterrupted = _weights(out)
 

@@ -48,8 +48,8 @@ def test_full_fine_tuning_trains_every_weight_and_saves_a_model(
     # Interrupted after the checkpoint at step 2, then resumed: the same weights as the uninterrupted run.
     real_save = trainer_module.save_checkpoint
 
-    def save_then_die(output, model, state):  # type: ignore[no-untyped-def]
-        folder = real_save(output, model, state)
+    def save_then_die(output, model, state, *weights):  # type: ignore[no-untyped-def]
+        folder = real_save(output, model, state, *weights)
         step = state["step"]
         if step == 2:
             raise KeyboardInterrupt

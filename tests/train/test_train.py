@@ -39,8 +39,8 @@ def test_training_is_deterministic_and_resume_gives_the_same_adapter(
     # Interrupt after the checkpoint at step 4 (of 6), then resume.
     real_save = trainer_module.save_checkpoint
 
-    def save_then_die(output, model, state):  # type: ignore[no-untyped-def]
-        folder = real_save(output, model, state)
+    def save_then_die(output, model, state, *weights):  # type: ignore[no-untyped-def]
+        folder = real_save(output, model, state, *weights)
         step = state["step"]
         if step == 4:
             raise KeyboardInterrupt
