@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lorakit.cli.common import model_with_adapter, positive, quantize_flag, trust_remote_code_flag
+from lorakit.cli.common import (
+    device_flag,
+    model_with_adapter,
+    positive,
+    precision_flag,
+    quantize_flag,
+    trust_remote_code_flag,
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -15,6 +22,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--system", help="system prompt")
     p.add_argument("--max-new-tokens", type=positive, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    device_flag(p)
+    precision_flag(p)
     quantize_flag(p)
     trust_remote_code_flag(p)
     p.set_defaults(func=command)
@@ -23,6 +32,8 @@ def add_parser(sub: Any) -> None:
 def command(args: argparse.Namespace) -> int:
     from lorakit.eval.chat import chat
 
-    model, tokenizer = model_with_adapter(args.model, args.adapter, args.quantize, args.trust_remote_code)
+    model, tokenizer = model_with_adapter(
+        args.model, args.adapter, args.quantize, args.trust_remote_code, args.device, args.precision
+    )
     chat(model, tokenizer, args.system, args.max_new_tokens, args.temperature)
     return 0

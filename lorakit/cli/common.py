@@ -93,24 +93,53 @@ def train_config_from(args: argparse.Namespace, cls: type[C]) -> C:
 
 
 def model_with_adapter(
-    model_name: str | None, adapter: str | None, quantize: str | None, trust_remote_code: bool
-) -> tuple[Any, Any]:
-    """Base model (``quantize``d as in QLoRA training, if given) plus adapter, merged and in the fastest
-    precision for inference."""
+    model_name: str | None, adapter: str | None, quantize: str | None, trust_remote_code: bool,
+    device: str = "auto", precision: str = "auto",
+) -> tuple[Any, Any]:  # fmt: skip
+    """Base model (``quantize``d as in QLoRA training, if given) plus adapter, merged, on ``device`` in
+    ``precision`` (auto: the fastest the device runs natively); says where on stderr."""
     from lorakit.eval.run import prepare_for_inference
     from lorakit.io import find_adapter_folder, load_adapter
-    from lorakit.models import load_model
+    from lorakit.models import load_dtype, load_model, resolve_device, resolve_precision
 
     if adapter:
         find_adapter_folder(adapter)  # a wrong path fails before the model is loaded
+    target = resolve_device(device)
     model, tokenizer = load_model(
         model_name,
+        dtype=load_dtype(target, resolve_precision(precision, target)),
         quantize=base_quantization(adapter, quantize),  # type: ignore[arg-type]  # one of lorakit.quant.SCHEMES
         trust_remote_code=trust_remote_code,
+        device=target,
     )
     if adapter:
         load_adapter(model, adapter)
-    return prepare_for_inference(model), tokenizer
+    model = prepare_for_inference(model, precision)
+    say_where(model)
+    return model, tokenizer
+
+
+def say_where(model: Any) -> None:
+    """One stderr line: the device the model runs on and the dtype of its weights."""
+    from lorakit.models import describe_device
+
+    weight = next(model.parameters())
+    where = f"{describe_device(weight.device)} in {str(weight.dtype).removeprefix('torch.')}"
+    print(f"lorakit: running on {where}", file=sys.stderr)
+
+
+def device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", default="auto", metavar="DEVICE",
+        help="auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps (default: auto)",
+    )  # fmt: skip
+
+
+def precision_flag(parser: argparse.ArgumentParser, what: str = "weights and compute") -> None:
+    parser.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+        help=f"{what}: auto = bf16 where the device runs it natively, else fp16 on CUDA, else fp32 (default: auto)",
+    )  # fmt: skip
 
 
 def base_quantization(adapter: str | None, quantize: str | None) -> str | None:

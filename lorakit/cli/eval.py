@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lorakit.cli.common import model_with_adapter, positive, quantize_flag, trust_remote_code_flag
+from lorakit.cli.common import (
+    device_flag,
+    model_with_adapter,
+    positive,
+    precision_flag,
+    quantize_flag,
+    trust_remote_code_flag,
+)
 from lorakit.errors import LorakitError
 
 
@@ -18,6 +25,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--output", help="write metrics and every prediction to this JSON file")
     p.add_argument("--limit", type=positive, help="only the first N examples")
     p.add_argument("--batch-size", type=positive, default=50)
+    device_flag(p)
+    precision_flag(p)
     quantize_flag(p)
     trust_remote_code_flag(p)
     p.set_defaults(func=command)
@@ -26,7 +35,9 @@ def add_parser(sub: Any) -> None:
 def command(args: argparse.Namespace) -> int:
     from lorakit.eval.run import evaluate_contacts, evaluate_loss, markdown_table, summary, write_json
 
-    model, tokenizer = model_with_adapter(args.model, args.adapter, args.quantize, args.trust_remote_code)
+    model, tokenizer = model_with_adapter(
+        args.model, args.adapter, args.quantize, args.trust_remote_code, args.device, args.precision
+    )
     if args.task == "contacts":
         metrics = evaluate_contacts(model, tokenizer, args.data, args.limit, args.batch_size)
         shown = summary(metrics)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lorakit.cli.common import base_quantization, quantize_flag, trust_remote_code_flag
+from lorakit.cli.common import base_quantization, device_flag, quantize_flag, trust_remote_code_flag
 
 
 def add_parser(sub: Any) -> None:
@@ -14,6 +14,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--adapter", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--safe", action="store_true", help="refuse to merge non-finite weights")
+    device_flag(p)  # where the sums run; they are float32 sums whatever the device, so there is no --precision
     quantize_flag(p)
     trust_remote_code_flag(p)
     p.set_defaults(func=command)
@@ -30,6 +31,7 @@ def command(args: argparse.Namespace) -> int:
         safe=args.safe,
         quantize=quantize,  # type: ignore[arg-type]  # one of lorakit.quant.SCHEMES
         trust_remote_code=args.trust_remote_code,
+        device=args.device,
     )
     if quantize:
         print(
