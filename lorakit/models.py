@@ -183,7 +183,8 @@ def describe_device(device: torch.device) -> str:
         major, minor = torch.cuda.get_device_capability(device)
         return f"{device} ({torch.cuda.get_device_name(device)}, compute capability {major}.{minor})"
     if device.type == "cpu":
-        return f"cpu ({torch.get_num_threads()} threads)"
+        threads = torch.get_num_threads()
+        return f"cpu ({threads} thread{'s' if threads != 1 else ''})"
     return str(device)
 
 
