@@ -109,10 +109,13 @@ def test_qlora_on_the_gpu_quantises_on_the_device_and_trains(tiny_model_dir: Pat
 
 
 def test_a_quantised_model_never_holds_its_float_weights_on_the_gpu(tmp_path: Path, tiny_model_dir: Path) -> None:
-    folder = tmp_path / "mid"
+    """Quantised one weight at a time on the GPU: its peak is the NF4 model plus one weight's quantisation scratch
+    (torchao compares every value with the 16 codes: ~40 bytes per value of the largest weight), far below the bf16
+    model. Many small layers, so the bf16 model is large next to one weight."""
+    folder = tmp_path / "deep"
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=1024, hidden_size=1024, intermediate_size=2816, num_hidden_layers=4,
-                         num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=256)  # fmt: skip
+    config = LlamaConfig(vocab_size=1024, hidden_size=512, intermediate_size=1408, num_hidden_layers=32,
+                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
     LlamaForCausalLM(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
     torch.cuda.empty_cache()
@@ -126,9 +129,9 @@ def test_a_quantised_model_never_holds_its_float_weights_on_the_gpu(tmp_path: Pa
     nf4, _ = load_model(str(folder), quantize="nf4", device=CUDA)
     held = torch.cuda.memory_allocated() - start
     peak = torch.cuda.max_memory_allocated() - start
-    assert held == pytest.approx(sum(quantized_bytes(p) for p in nf4.parameters()), rel=0.05)
+    assert held == pytest.approx(sum(quantized_bytes(p) for p in nf4.parameters()), rel=0.1)
     assert held < 0.4 * bf16_bytes, "Linear weights at ~4.1 bits instead of 16"
-    assert peak < 0.6 * bf16_bytes, "quantised one weight at a time: the float model never sat on the GPU"
+    assert peak < 0.6 * bf16_bytes, "quantised one weight at a time: the bf16 model never sat on the GPU"
 
 
 def test_nf4_base_against_bitsandbytes() -> None:
