@@ -9,7 +9,7 @@ STAMP := $(VENV)/.lorakit-installed
 EXTRA_STAMP := $(VENV)/.lorakit-extra-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test test-extra lint format bench bench-quick clean-venv
+.PHONY: demo test test-extra lint format bench bench-quick clean-venv gpu-prepare gpu-check
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -55,3 +55,11 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) -m bench.suite --quick
+
+# The GPU check (docs/gpu.md): wheels and the built-in model's tokenizer for a GPU machine without internet, and the
+# check itself on a machine with a GPU and this .venv.
+gpu-prepare: $(STAMP)
+	PY=$(PY) bash bench/gpu_prepare.sh
+
+gpu-check: $(STAMP)
+	$(PY) -m bench.gpu_check

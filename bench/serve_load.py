@@ -43,8 +43,8 @@ PROMPTS = [
 ]
 
 
-def make_adapters(folder: Path, count: int) -> dict[str, Path]:
-    model, _ = lorakit.load_model()
+def make_adapters(folder: Path, count: int, model_name: str | None = None) -> dict[str, Path]:
+    model, _ = lorakit.load_model(model_name)
     adapters = {}
     for i in range(count):
         name = f"a{i}"
@@ -66,11 +66,14 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start_server(adapters: dict[str, Path], max_batch: int, max_tokens: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    adapters: dict[str, Path], max_batch: int, max_tokens: int, extra: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``lorakit serve`` with ``adapters`` on a free loopback port (``extra``: more flags, e.g. --model, --device)."""
     port = free_port()
     flags = [f"--adapter={name}={folder}" for name, folder in adapters.items()]
     command = [sys.executable, "-m", "lorakit", "serve", *flags, "--port", str(port), "--max-batch", str(max_batch),
-               "--max-new-tokens", str(max_tokens)]  # fmt: skip
+               "--max-new-tokens", str(max_tokens), *extra]  # fmt: skip
     proc = subprocess.Popen(command)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300

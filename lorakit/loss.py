@@ -206,9 +206,13 @@ def mean_token_loss(
     was_training = model.training
     model.eval()
     total = count = 0.0
-    with torch.no_grad(), autocast(autocast_dtype, next(model.parameters()).device):
+    device = next(model.parameters()).device
+    with torch.no_grad(), autocast(autocast_dtype, device):
         for batch in batches:
-            total += float(loss_sum(batch) if loss_sum is not None else token_loss_sum(model, batch))
+            if loss_sum is not None:
+                total += float(loss_sum(batch))  # the loss module moves the batch itself
+            else:
+                total += float(token_loss_sum(model, {k: v.to(device) for k, v in batch.items()}))
             count += label_count(batch)
     model.train(was_training)
     return total / max(count, 1)

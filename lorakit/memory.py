@@ -1,10 +1,13 @@
-"""Reading the process's memory: peak resident size so far, and what malloc holds live. Read-only: the allocator
-tuning that ``lorakit train`` applies lives in the command-line layer (``lorakit.cli.process``)."""
+"""Reading the process's memory: peak resident size so far, what malloc holds live, and the peak on a GPU.
+Read-only: the allocator tuning that ``lorakit train`` applies lives in the command-line layer
+(``lorakit.cli.process``)."""
 
 from __future__ import annotations
 
 import ctypes
 import sys
+
+import torch
 
 
 class _MallInfo2(ctypes.Structure):
@@ -34,3 +37,11 @@ def peak_rss_mb() -> float | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
+
+
+def peak_gpu_mb(device: torch.device) -> float | None:
+    """The peak of tensor memory allocated on a CUDA ``device`` so far (``torch.cuda.max_memory_allocated``), in
+    MiB; None for any other device. Read-only: the peak is never reset here (that is the process's to decide)."""
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / (1 << 20), 1)

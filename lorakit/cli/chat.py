@@ -9,8 +9,10 @@ from lorakit.cli.common import (
     ADAPTER_HELP,
     MODEL_HELP,
     SYSTEM_HELP,
+    device_flag,
     model_with_adapter,
     positive,
+    precision_flag,
     quantize_flag,
     system_prompt_for,
     trust_remote_code_flag,
@@ -24,6 +26,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--system", help=SYSTEM_HELP)
     p.add_argument("--max-new-tokens", type=positive, default=256, help="the longest reply, in tokens")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    device_flag(p)
+    precision_flag(p)
     quantize_flag(p)
     trust_remote_code_flag(p)
     p.set_defaults(func=command)
@@ -32,6 +36,8 @@ def add_parser(sub: Any) -> None:
 def command(args: argparse.Namespace) -> int:
     from lorakit.eval.chat import chat
 
-    model, tokenizer = model_with_adapter(args.model, args.adapter, args.quantize, args.trust_remote_code)
+    model, tokenizer = model_with_adapter(
+        args.model, args.adapter, args.quantize, args.trust_remote_code, args.device, args.precision
+    )
     chat(model, tokenizer, system_prompt_for(args.system, args.adapter), args.max_new_tokens, args.temperature)
     return 0

@@ -171,18 +171,47 @@ def train_config_from(args: argparse.Namespace, cls: type[C]) -> C:
 
 
 def model_with_adapter(
-    model_name: str | None, adapter: str | None, quantize: str | None, trust_remote_code: bool
-) -> tuple[Any, Any]:
+    model_name: str | None, adapter: str | None, quantize: str | None, trust_remote_code: bool,
+    device: str = "auto", precision: str = "auto",
+) -> tuple[Any, Any]:  # fmt: skip
     """The adapter's own base model (``--model`` overrides it; ``quantize``d as in QLoRA training, if given) plus the
-    adapter, merged and in the fastest precision for inference."""
+    adapter, merged, on ``device`` in ``precision`` (auto: the fastest the device runs natively); says where on
+    stderr."""
     from lorakit.eval.run import prepare_for_inference
     from lorakit.io import load_adapter
 
     base = base_model_for(model_name, adapter)  # a wrong adapter path fails before the model is loaded
-    model, tokenizer = load_base(base, adapter, base_quantization(adapter, quantize), trust_remote_code)
+    model, tokenizer = load_base(
+        base, adapter, base_quantization(adapter, quantize), trust_remote_code, device, precision
+    )
     if adapter:
         load_adapter(model, adapter)
-    return prepare_for_inference(model), tokenizer
+    model = prepare_for_inference(model, precision)
+    say_where(model)
+    return model, tokenizer
+
+
+def say_where(model: Any) -> None:
+    """One stderr line: the device the model runs on and the dtype of its weights."""
+    from lorakit.models import describe_device
+
+    weight = next(model.parameters())
+    where = f"{describe_device(weight.device)} in {str(weight.dtype).removeprefix('torch.')}"
+    print(f"lorakit: running on {where}", file=sys.stderr)
+
+
+def device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", default="auto", metavar="DEVICE",
+        help="auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps (default: auto)",
+    )  # fmt: skip
+
+
+def precision_flag(parser: argparse.ArgumentParser, what: str = "weights and compute") -> None:
+    parser.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+        help=f"{what}: auto = bf16 where the device runs it natively, else fp16 on CUDA, else fp32 (default: auto)",
+    )  # fmt: skip
 
 
 def base_model_for(model: str | None, adapter: str | None, announce: bool = True) -> str | None:
@@ -198,13 +227,19 @@ def base_model_for(model: str | None, adapter: str | None, announce: bool = True
     return base
 
 
-def load_base(base: str | None, adapter: str | None, quantize: str | None, trust_remote_code: bool) -> tuple[Any, Any]:
-    """``load_model``, whose error says which adapter asked for the base."""
+def load_base(
+    base: str | None, adapter: str | None, quantize: str | None, trust_remote_code: bool, device: str = "auto",
+    precision: str = "auto",
+) -> tuple[Any, Any]:  # fmt: skip
+    """``load_model`` on ``device`` in the dtype ``precision`` stores weights in there; its error says which adapter
+    asked for the base."""
     from lorakit.errors import ModelError
-    from lorakit.models import load_model
+    from lorakit.models import load_dtype, load_model, resolve_device, resolve_precision
 
+    target = resolve_device(device)
+    dtype = load_dtype(target, resolve_precision(precision, target))
     try:
-        return load_model(base, quantize=quantize, trust_remote_code=trust_remote_code)  # type: ignore[arg-type]
+        return load_model(base, dtype=dtype, quantize=quantize, trust_remote_code=trust_remote_code, device=target)  # type: ignore[arg-type]
     except ModelError as err:
         if adapter is None:
             raise

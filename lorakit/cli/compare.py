@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lorakit.cli.common import positive
+from lorakit.cli.common import device_flag, positive, precision_flag
 from lorakit.data.jsonl import read_jsonl
 from lorakit.errors import LorakitError
 from lorakit.files import write_text_atomic
@@ -132,13 +132,15 @@ def _subset(data: str, n: int | None, folder: Path) -> str:
     return str(path)
 
 
-def train_one(spec: MethodSpec, setup: TaskSetup, model: str | None, output: Path) -> Result:
-    """One ``lorakit train`` subprocess; returns what it measured."""
+def train_one(spec: MethodSpec, setup: TaskSetup, model: str | None, output: Path, device: str = "auto",
+              precision: str = "auto") -> Result:  # fmt: skip
+    """One ``lorakit train`` subprocess (on ``device``, in ``precision``); returns what it measured."""
     output.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "lorakit", "train", "--data", _subset(setup.data, setup.n_train, output.parent),
             "--output", str(output), "--overwrite", "--method", spec.method, "--max-steps", str(setup.steps),
             "--batch-size", str(setup.batch_size), "--lr", str(spec.lr), "--seed", "0",
-            "--warmup-steps", str(max(1, setup.steps // 10)), "--seq-len", "384"]  # fmt: skip
+            "--warmup-steps", str(max(1, setup.steps // 10)), "--seq-len", "384", "--device", device,
+            "--precision", precision]  # fmt: skip
     if spec.method != "full":
         args += ["--r", str(spec.r), "--lora-alpha", str(2 * spec.r)]
     if model:
@@ -161,19 +163,16 @@ def train_one(spec: MethodSpec, setup: TaskSetup, model: str | None, output: Pat
     )  # fmt: skip
 
 
-def load_trained(model: str | None, spec: MethodSpec | None, folder: Path | None) -> tuple[Any, Any]:
-    """The base model, the base plus a trained adapter, or a fully fine-tuned model; ready for inference."""
-    from lorakit.eval.run import prepare_for_inference
-    from lorakit.io import load_adapter
-    from lorakit.models import load_model
+def load_trained(model: str | None, spec: MethodSpec | None, folder: Path | None, device: str = "auto",
+                 precision: str = "auto") -> tuple[Any, Any]:  # fmt: skip
+    """The base model, the base plus a trained adapter, or a fully fine-tuned model; ready for inference on
+    ``device`` in ``precision``."""
+    from lorakit.cli.common import model_with_adapter
 
     if spec is not None and spec.method == "full" and folder is not None:
-        m, tokenizer = load_model(str(folder))
-    else:
-        m, tokenizer = load_model(model)
-        if spec is not None and folder is not None:
-            load_adapter(m, str(folder))
-    return prepare_for_inference(m), tokenizer
+        return model_with_adapter(str(folder), None, None, False, device, precision)
+    adapter = str(folder) if spec is not None and folder is not None else None
+    return model_with_adapter(model, adapter, "none", False, device, precision)
 
 
 def score_task(m: Any, tokenizer: Any, setup: TaskSetup) -> dict[str, float]:
@@ -219,14 +218,14 @@ def machine() -> str:
 
 def run_compare(tasks: list[Task], methods: list[MethodSpec], steps: int | None, quick: bool, output: Path,
                 model: str | None = None, command: str = "lorakit compare",
-                limit: int | None = None) -> Path:  # fmt: skip
+                limit: int | None = None, device: str = "auto", precision: str = "auto") -> Path:  # fmt: skip
     """Train and score every method on every task; writes results.json, report.md and plots into ``output``."""
     from lorakit.cli.compare_report import write_report
 
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     print(f"lorakit compare: base model probe ({'quick' if quick else 'default'} run)", flush=True)
-    base_model, tokenizer = load_trained(model, None, None)
+    base_model, tokenizer = load_trained(model, None, None, device, precision)
     base_probe, keep = probe(base_model, tokenizer, None)
     results: list[Result] = []
     setups = [task_setup(t, steps, quick, limit) for t in tasks]
@@ -239,8 +238,8 @@ def run_compare(tasks: list[Task], methods: list[MethodSpec], steps: int | None,
         for spec in methods:
             folder = output / setup.task / spec.slug
             print(f"lorakit compare: {setup.task}: training {spec.label} ({setup.steps} steps)", flush=True)
-            result = train_one(spec, setup, model, folder)
-            trained, tokenizer = load_trained(model, spec, folder)
+            result = train_one(spec, setup, model, folder, device, precision)
+            trained, tokenizer = load_trained(model, spec, folder, device, precision)
             result.score = score_task(trained, tokenizer, setup)
             result.probe = probe(trained, tokenizer, keep)[0]
             print(f"lorakit compare: {setup.task}: {spec.label}: {result.score}, probe {result.probe}", flush=True)
@@ -267,6 +266,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--limit", type=positive, help="score only the first N test items of each task")
     p.add_argument("--output", help="folder for report.md, plots and runs (default runs/compare)")
     p.add_argument("--model", help="base model (default: the built-in SmolLM2-135M-Instruct)")
+    device_flag(p)
+    precision_flag(p, "training and scoring")
     p.set_defaults(func=command)
 
 
@@ -277,6 +278,6 @@ def command(args: argparse.Namespace) -> int:
     output = Path(args.output or ("runs/compare-quick" if args.quick else "runs/compare"))
     command = "lorakit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "lorakit compare"
     report = run_compare(tasks, parse_methods(args.methods), args.steps, args.quick, output, args.model, command,
-                         args.limit)  # fmt: skip
+                         args.limit, args.device, args.precision)  # fmt: skip
     print(f"report and plots in {report.parent}/ ({report.name})")
     return 0

@@ -13,32 +13,32 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from lorakit.cli.common import positive
+from lorakit.cli.common import device_flag, model_with_adapter, positive, precision_flag
 from lorakit.cli.train import RunConfig, run
-from lorakit.eval.run import evaluate_contacts, markdown_table, prepare_for_inference, summary, write_json
+from lorakit.eval.run import evaluate_contacts, markdown_table, summary, write_json
 from lorakit.files import write_text_atomic
-from lorakit.io import load_adapter
-from lorakit.models import load_model
 from lorakit.tasks.contacts import SYSTEM_PROMPT
 
 
-def run_demo(output: str | None = None, base_limit: int = 100) -> dict[str, dict[str, float]]:
+def run_demo(
+    output: str | None = None, base_limit: int = 100, device: str = "auto", precision: str = "auto"
+) -> dict[str, dict[str, float]]:
     started = time.perf_counter()
     output = output or str(Path("runs") / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     print("lorakit demo: extracting contact details as JSON with SmolLM2-135M-Instruct + LoRA\n")
 
     print(f"1/3 the base model on {base_limit} held-out examples")
-    model, tokenizer = load_model()
-    base = evaluate_contacts(prepare_for_inference(model), tokenizer, limit=base_limit, desc="base model")
+    model, tokenizer = model_with_adapter(None, None, None, False, device, precision)
+    base = evaluate_contacts(model, tokenizer, limit=base_limit, desc="base model")
     del model
 
     print("\n2/3 training (lorakit train's defaults)")
-    result = run(RunConfig.from_dict({"output": output}))  # no data: the built-in task's settings
+    # no data: the built-in task's settings
+    result = run(RunConfig.from_dict({"output": output, "device": device, "precision": precision}))
 
     print("\n3/3 the adapter on the whole held-out split")
-    model, tokenizer = load_model()
-    load_adapter(model, result.output)
-    tuned = evaluate_contacts(prepare_for_inference(model), tokenizer, desc="with adapter")
+    model, tokenizer = model_with_adapter(None, str(result.output), None, False, device, precision)
+    tuned = evaluate_contacts(model, tokenizer, desc="with adapter")
 
     out = Path(result.output)
     write_json(out / "demo_eval.json", {"base": base, "adapter": tuned})
@@ -63,9 +63,11 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("demo", help="evaluate, train and evaluate again on the built-in contacts task")
     p.add_argument("--output", help="run folder (default: runs/demo-<timestamp>)")
     p.add_argument("--base-limit", type=positive, default=100, help="held-out examples for the base model")
+    device_flag(p)
+    precision_flag(p, "training and evaluation")
     p.set_defaults(func=command)
 
 
 def command(args: argparse.Namespace) -> int:
-    run_demo(output=args.output, base_limit=args.base_limit)
+    run_demo(output=args.output, base_limit=args.base_limit, device=args.device, precision=args.precision)
     return 0

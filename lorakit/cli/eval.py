@@ -18,9 +18,11 @@ from lorakit.cli.common import (
     MODEL_HELP,
     base_model_for,
     base_quantization,
+    device_flag,
     load_base,
     offline_unless_hub_reachable,
     positive,
+    precision_flag,
     quantize_flag,
     trust_remote_code_flag,
 )
@@ -47,6 +49,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=positive, default=50, help="examples generated (or scored) together")
     p.add_argument("--max-new-tokens", type=positive, help="the longest reply (default: the longest reference + 16)")
     p.add_argument("--no-base", action="store_true", help="with --adapter: skip the base model's run")
+    device_flag(p)
+    precision_flag(p)
     quantize_flag(p)
     trust_remote_code_flag(p)
     p.set_defaults(func=command)
@@ -95,10 +99,10 @@ def command(args: argparse.Namespace) -> int:
         runs.append(("base model", None))  # after the adapter: a broken adapter fails before any long run
     results: dict[str, dict[str, Any]] = {}
     for name, adapter in runs:
-        model, tokenizer = load_base(base, args.adapter, quantize, args.trust_remote_code)
+        model, tokenizer = load_base(base, args.adapter, quantize, args.trust_remote_code, args.device, args.precision)
         if adapter:
             load_adapter(model, adapter)
-        results[name] = evaluate(args, task, records, prepare_for_inference(model), tokenizer, name)
+        results[name] = evaluate(args, task, records, prepare_for_inference(model, args.precision), tokenizer, name)
         del model
         gc.collect()
     order = [n for n in ("base model", "with adapter", "model") if n in results]

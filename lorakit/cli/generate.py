@@ -10,8 +10,10 @@ from lorakit.cli.common import (
     MODEL_HELP,
     SYSTEM_HELP,
     conversation,
+    device_flag,
     model_with_adapter,
     positive,
+    precision_flag,
     quantize_flag,
     system_prompt_for,
     trust_remote_code_flag,
@@ -28,6 +30,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for sampling (--temperature > 0)")
     p.add_argument("--max-new-tokens", type=positive, default=256, help="the longest reply, in tokens")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    device_flag(p)
+    precision_flag(p)
     quantize_flag(p)
     trust_remote_code_flag(p)
     p.set_defaults(func=command)
@@ -39,7 +43,9 @@ def command(args: argparse.Namespace) -> int:
     from lorakit.eval.generate import generate_batch, prompt_ids
 
     torch.manual_seed(args.seed)  # the command's process: sampling draws from the global generator
-    model, tokenizer = model_with_adapter(args.model, args.adapter, args.quantize, args.trust_remote_code)
+    model, tokenizer = model_with_adapter(
+        args.model, args.adapter, args.quantize, args.trust_remote_code, args.device, args.precision
+    )
     ids = prompt_ids(tokenizer, conversation(system_prompt_for(args.system, args.adapter), args.prompt))
     print(generate_batch(model, tokenizer, [ids], args.max_new_tokens, args.temperature, args.top_p)[0])
     return 0

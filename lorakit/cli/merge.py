@@ -10,6 +10,7 @@ from lorakit.cli.common import (
     MODEL_HELP,
     base_model_for,
     base_quantization,
+    device_flag,
     quantize_flag,
     trust_remote_code_flag,
 )
@@ -21,6 +22,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--adapter", required=True, help=ADAPTER_HELP)
     p.add_argument("--output", required=True, help="folder for the merged model (must be empty or new)")
     p.add_argument("--safe", action="store_true", help="refuse to merge non-finite weights")
+    device_flag(p)  # where the sums run; they are float32 sums whatever the device, so there is no --precision
     quantize_flag(p)
     trust_remote_code_flag(p)
     p.set_defaults(func=command)
@@ -37,6 +39,7 @@ def command(args: argparse.Namespace) -> int:
         safe=args.safe,
         quantize=quantize,  # type: ignore[arg-type]  # one of lorakit.quant.SCHEMES
         trust_remote_code=args.trust_remote_code,
+        device=args.device,
     )
     if quantize:
         print(

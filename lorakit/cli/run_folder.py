@@ -121,7 +121,7 @@ Trained with lorakit {info["lorakit_version"]} on `{info["data"]}` ({info.get("d
 {weights}{prompt_note}
 - Trainable parameters: {info["trainable"]:,} of {info["total"]:,} ({100 * info["trainable"] / info["total"]:.2f}%)
 - Steps: {info["steps"]}, tokens seen: {info["tokens"]:,}, wall time: {info["seconds"]:.0f} s
-- Precision: {info["precision"]}
+- Precision: {info["precision"]}{f" on {info['device']}" if info.get("device") else ""}
 
 ## Hyper-parameters
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -43,7 +44,7 @@ from lorakit.data.sources import read_data
 from lorakit.errors import LorakitError
 from lorakit.files import write_text_atomic
 from lorakit.io import save_adapter
-from lorakit.models import load_model
+from lorakit.models import load_dtype, load_model, resolve_device, resolve_precision
 from lorakit.origin import SYSTEM_PROMPT_FILE, recorded_name
 from lorakit.tasks.contacts import TRAINING as BUILTIN_TRAINING
 from lorakit.tasks.contacts import builtin_path
@@ -79,6 +80,8 @@ class RunConfig(TrainConfig):
     """Allow writing into an output folder that holds a finished run."""
     trust_remote_code: bool = False
     """Let the model folder run its own Python code (its config's auto_map); only for models you trust."""
+    device: str = "auto"
+    """Where to train: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps (torchrun: each rank's GPU)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -103,10 +106,11 @@ class RunConfig(TrainConfig):
 
 
 # Fields a resumed run may change; any other difference means a different run. pad_to_multiple_of only pads
-# the same batches further (the loss is the same up to rounding), so a run from before the flag resumes too.
+# the same batches further (the loss is the same up to rounding), so a run from before the flag resumes too; a run
+# may go on on another device (the same computation up to rounding; dropout masks come from that device's generator).
 RESUMABLE_CHANGES = {
     "resume", "overwrite", "output", "max_steps", "epochs", "save_every", "eval_every", "trust_remote_code",
-    "pad_to_multiple_of",
+    "pad_to_multiple_of", "device",
 }  # fmt: skip
 
 
@@ -157,23 +161,25 @@ def prepare_output(config: RunConfig) -> Path:
     return output
 
 
-def start_process_group() -> bool:
-    """Under torchrun (WORLD_SIZE > 1) with no process group yet, start one (gloo on CPU, NCCL on GPU); True if
+def start_process_group(device: str = "auto") -> bool:
+    """Under torchrun (WORLD_SIZE > 1) with no process group yet, start one: NCCL, each rank on its GPU
+    (cuda:LOCAL_RANK), when ``device`` is a CUDA device (auto: where there is one), else gloo on the CPU. True if
     this call started it (and so must end it)."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1 or dist.is_initialized():
         return False
     import torch
 
-    if torch.cuda.is_available():
+    cuda = resolve_device(device).type == "cuda"
+    if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group("nccl" if cuda else "gloo")
     return True
 
 
 def run(config: RunConfig, progress: bool = True) -> RunResult:
     """Run ``lorakit train``: returns where the adapter, metrics, plot and model card were written."""
     started = time.perf_counter()
-    owns_group = start_process_group()
+    owns_group = start_process_group(config.device)
     try:
         return _run(config, progress, started)
     finally:
@@ -184,6 +190,7 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
 
 def _run(config: RunConfig, progress: bool, started: float) -> RunResult:
     procs = Processes.join(config.fsdp)  # rank 0 writes, all ranks train
+    device = procs.device() if procs.world > 1 else resolve_device(config.device)
     output = procs.on_main(lambda: prepare_output(config))
     procs.on_main(lambda: clean_temporary(output))
 
@@ -195,10 +202,14 @@ def _run(config: RunConfig, progress: bool, started: float) -> RunResult:
     if config.eval_split:
         records, eval_records = split_off(records, config.eval_split, config.seed)
     _log(procs, describe_read(read, eval_read, len(eval_records) if config.eval_split else None))
+    # Loaded onto the device the run trains on, in the dtype its frozen weights will be stored in there (full
+    # fine-tuning keeps fp32 master weights); the trainer trains where the model is.
+    compute = None if config.method == "full" else resolve_precision(config.precision, device)
     with loading_heap():  # the steps start from a compact heap, whatever loading freed (lorakit.cli.process)
         model, tokenizer = load_model(
-            config.model, quantize=config.quantize(), trust_remote_code=config.trust_remote_code
-        )
+            config.model, dtype=load_dtype(device, compute), quantize=config.quantize(),
+            trust_remote_code=config.trust_remote_code, device=device,
+        )  # fmt: skip
         base_name = recorded_name(config.model)
         trainer_config = TrainConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)})
         data = tokenize_data(tokenizer, records, config.seq_len, source=data_source)  # records: checked already
@@ -235,9 +246,21 @@ def _run(config: RunConfig, progress: bool, started: float) -> RunResult:
 
     def after_step(trainer: Trainer, m: dict[str, float]) -> None:
         step = int(m["step"])
-        metrics.write({"kind": "train", "step": step, "loss": round(m["loss"], 5), "lr": m["lr"],
-                       "grad_norm": round(m["grad_norm"], 4), "tokens": int(m["tokens"]),
-                       "seconds": round(m["seconds"], 3), "peak_rss_mb": m["peak_rss_mb"]})  # fmt: skip
+        record = {
+            "kind": "train",
+            "step": step,
+            "loss": round(m["loss"], 5),
+            "lr": m["lr"],
+            "grad_norm": round(m["grad_norm"], 4) if math.isfinite(m["grad_norm"]) else None,
+            "tokens": int(m["tokens"]),
+            "seconds": round(m["seconds"], 3),
+            "peak_rss_mb": m["peak_rss_mb"],
+        }
+        # on a GPU its peak memory; in fp16 the loss scale and whether an overflow skipped the step
+        record.update({k: m[k] for k in ("peak_gpu_mb", "loss_scale") if k in m})
+        if "skipped" in m:
+            record["skipped"] = bool(m["skipped"])
+        metrics.write(record)
         if eval_batches and config.eval_every and step % config.eval_every == 0 and procs.evaluates:
             eval_loss = trainer.evaluate(eval_batches)
             metrics.write({"kind": "eval", "step": step, "eval_loss": round(eval_loss, 5)})
@@ -274,6 +297,7 @@ def _run(config: RunConfig, progress: bool, started: float) -> RunResult:
         "trainable": result.trainable, "total": result.total, "steps": total_steps,
         "tokens": sum(r.get("tokens", 0) for r in records_logged),
         "seconds": seconds, "precision": str(trainer.autocast or "fp32").replace("torch.", ""),
+        "device": str(trainer.device),
         "hyperparameters": {k: v for k, v in config.to_dict().items() if k not in ("output", "resume", "overwrite")},
         "final": final, "output": str(output),
     }  # fmt: skip

@@ -29,7 +29,7 @@ def chat(model: Any, tokenizer: Any, system: str | None, max_new_tokens: int, te
         if not text:
             continue
         history.append({"role": "user", "content": text})
-        ids = torch.tensor([prompt_ids(tokenizer, history)])
+        ids = torch.tensor([prompt_ids(tokenizer, history)], device=next(model.parameters()).device)
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         sampling: dict[str, Any] = {"do_sample": temperature > 0}
         if temperature > 0:

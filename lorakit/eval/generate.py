@@ -37,7 +37,8 @@ def generate_batch(
     top_p: float = 1.0,
 ) -> list[str]:
     """Replies to ``prompts`` (token ids), decoded without special tokens; stops at end-of-turn."""
-    inputs = _left_pad(prompts, tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in _left_pad(prompts, tokenizer.pad_token_id).items()}
     sampling: dict[str, Any] = {"do_sample": False}
     if temperature > 0:
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}

@@ -21,17 +21,19 @@ def merge_to_folder(
     safe: bool = False,
     quantize: Scheme | None = None,
     trust_remote_code: bool = False,
+    device: str | torch.device | None = None,
 ) -> Path:
     """Merge ``adapter`` into the base weights (float32 sums) and save model, config and tokenizer.
 
     With ``quantize`` (a QLoRA adapter), the base is quantised as in training and then de-quantised to a float32
     copy: the merge adds the adapter to exactly the weights it was trained against, and the sum is never
-    re-quantised (re-quantising it would round away most of what the adapter learned).
+    re-quantised (re-quantising it would round away most of what the adapter learned). ``device`` is where the
+    sums are computed (``lorakit.models.resolve_device``; None: the CPU); the weights are written as loaded, fp32.
     """
     folder = Path(output)
     if folder.exists() and any(folder.iterdir()):
         raise LorakitError(f"{folder}: output folder is not empty")
-    model, tokenizer = load_model(model_name, quantize=quantize, trust_remote_code=trust_remote_code)
+    model, tokenizer = load_model(model_name, quantize=quantize, trust_remote_code=trust_remote_code, device=device)
     if quantize:
         dequantize_model(model, torch.float32)
         model.to(torch.float32)

@@ -10,8 +10,11 @@ from lorakit.quant.backends import can_quantize, quantize_weight
 from lorakit.quant.linear import SCHEMES, QuantLinear, Scheme, Scratch
 
 
-def quantize_model(model: nn.Module, scheme: Scheme) -> list[str]:
+def quantize_model(model: nn.Module, scheme: Scheme, device: torch.device | None = None) -> list[str]:
     """Replace every ``nn.Linear`` except the output head by a ``QuantLinear``; returns the names replaced.
+
+    ``device``: where each quantised weight goes (default: where its float weight is). A model held on the host
+    is quantised one weight at a time on the device, so the device never holds the whole float model.
 
     The output head and embeddings stay in full precision (as in QLoRA: they are small next to the blocks, and
     a tied head shares its weight with the embedding). A Linear whose size NF4 cannot pack (not a multiple of
@@ -30,9 +33,10 @@ def quantize_model(model: nn.Module, scheme: Scheme) -> list[str]:
     scratch = Scratch()  # one set of de-quantisation buffers for the whole model
     for name in names:
         linear: nn.Linear = model.get_submodule(name)  # type: ignore[assignment]
-        quantized = QuantLinear(quantize_weight(linear.weight, scheme), linear.bias, scheme, scratch)
+        weight = linear.weight if device is None else linear.weight.to(device)
+        quantized = QuantLinear(quantize_weight(weight, scheme), linear.bias, scheme, scratch)
         model.set_submodule(name, quantized)
-        del linear  # the float weight is freed as soon as the last reference goes
+        del linear, weight  # the float weight is freed as soon as the last reference goes
     return names
 
 

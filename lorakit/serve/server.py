@@ -5,15 +5,24 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from lorakit.errors import LorakitError
-from lorakit.models import BUILTIN_NAME, is_builtin, load_model, resolve_precision
+from lorakit.models import (
+    BUILTIN_NAME,
+    Precision,
+    describe_device,
+    is_builtin,
+    load_dtype,
+    load_model,
+    resolve_device,
+    resolve_precision,
+)
 from lorakit.serve.engine import Engine
 
-Dtype = Literal["auto", "fp32", "bf16"]
+Dtype = Precision  # the serving precision (``lorakit serve --precision``; ``--dtype`` is its old name)
 
 
 def parse_adapter_flags(flags: Sequence[str]) -> dict[str, Path]:
@@ -32,18 +41,23 @@ def parse_adapter_flags(flags: Sequence[str]) -> dict[str, Path]:
 
 
 def load_engine(
-    model: str | None, dtype: Dtype = "auto", max_batch: int = 8, trust_remote_code: bool = False
-) -> tuple[Engine, str]:
-    """The base model in its serving precision, wrapped in an engine; and the name clients use for it.
+    model: str | None, dtype: Dtype = "auto", max_batch: int = 8, trust_remote_code: bool = False,
+    device: str = "auto",
+) -> tuple[Engine, str]:  # fmt: skip
+    """The base model on ``device`` in its serving precision ``dtype``, wrapped in an engine; and the name clients
+    use for it.
 
-    "auto" is bf16 where the hardware runs it fast (as ``lorakit generate``); adapters stay float32 (they are
-    loaded after the cast), so their small updates are computed at full precision.
+    "auto" is bf16 where the device runs it natively, else fp16 on CUDA, else fp32 (as ``lorakit generate``);
+    adapters stay float32 (they are loaded after the cast), so their small updates are computed at full precision.
     """
-
-    base, tokenizer = load_model(model, trust_remote_code=trust_remote_code)
+    target = resolve_device(device)
+    compute = resolve_precision(dtype, target)
+    base, tokenizer = load_model(
+        model, dtype=load_dtype(target, compute), trust_remote_code=trust_remote_code, device=target
+    )
     weight = next(base.parameters())
-    if dtype == "bf16" or (dtype == "auto" and resolve_precision("auto", weight.device) == torch.bfloat16):
-        base.to(torch.bfloat16)
+    if compute is not None and weight.dtype == torch.float32:
+        base.to(compute)
     name = BUILTIN_NAME if is_builtin(model) else str(model)
     return Engine(base.eval(), tokenizer, max_batch=max_batch), name
 
@@ -59,6 +73,7 @@ def serve(
     max_input_tokens: int = 2048,
     dtype: Dtype = "auto",
     trust_remote_code: bool = False,
+    device: str = "auto",
 ) -> None:
     """Load everything, then answer HTTP requests until interrupted."""
     try:
@@ -70,8 +85,11 @@ def serve(
     if adapter_dir is not None and not Path(adapter_dir).is_dir():
         raise LorakitError(f"--adapter-dir {adapter_dir}: no such folder")
     state = build_state(
-        model, adapters or {}, adapter_dir, max_batch, max_new_tokens, max_input_tokens, dtype, trust_remote_code
-    )
+        model, adapters or {}, adapter_dir, max_batch, max_new_tokens, max_input_tokens, dtype, trust_remote_code,
+        device,
+    )  # fmt: skip
+    weight = next(state.engine.model.parameters())
+    print(f"lorakit serve: on {describe_device(weight.device)} in {str(weight.dtype).removeprefix('torch.')}")
     print(f"lorakit serve: http://{host}:{port}/v1  models: {', '.join([state.base_name, *state.adapters])}")
     uvicorn.run(create_app(state), host=host, port=port, log_level="warning")
     state.engine.close()
@@ -80,6 +98,7 @@ def serve(
 def build_state(
     model: str | None, adapters: dict[str, Path], adapter_dir: str | None, max_batch: int = 8,
     max_new_tokens: int = 256, max_input_tokens: int = 2048, dtype: Dtype = "auto", trust_remote_code: bool = False,
+    device: str = "auto",
 ) -> Any:  # fmt: skip
     """A ready ``ServerState``: model, engine and the ``--adapter`` adapters loaded."""
     from lorakit.io import find_adapter_folder
@@ -92,7 +111,7 @@ def build_state(
         model = next((b for f in adapters.values() if (b := adapter_origin(f).base_model) is not None), None)
     for folder in adapters.values():
         check_same_base(folder, model)  # one line, before the model is loaded
-    engine, name = load_engine(model, dtype, max_batch, trust_remote_code)
+    engine, name = load_engine(model, dtype, max_batch, trust_remote_code, device)
     state = ServerState(engine, name, Path(adapter_dir) if adapter_dir else None, max_new_tokens, max_input_tokens,
                         base_model=model)  # fmt: skip
     for adapter, folder in adapters.items():

@@ -118,7 +118,9 @@ def read_checkpoint(folder: Path, model: nn.Module) -> tuple[dict[str, torch.Ten
         weights = {name_of[param]: weights[key] for key, param in adapter_tensors(model, "default").items()}
     # weights_only: the state holds tensors and plain Python values, so nothing executable is unpickled
     try:
-        state: dict[str, Any] = torch.load(folder / STATE_NAME, weights_only=True)
+        # map_location: a run checkpointed on a GPU may go on on the CPU (load_state_dict moves each state to its
+        # parameter's device)
+        state: dict[str, Any] = torch.load(folder / STATE_NAME, weights_only=True, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise LorakitError(

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lorakit.config import METHODS, AdapterConfig, LoraConfig, Method, is_init_mode
+from lorakit.models import PRECISIONS, Precision
 from lorakit.targeting import ia3_config, parse_target_modules
 
-Precision = Literal["auto", "fp32", "bf16"]
 Schedule = Literal["cosine", "linear", "constant"]
 # The peak learning rate each method starts from when --lr is not given. LoRA's best rate is about ten times full
 # fine-tuning's (Biderman et al. 2024, "LoRA Learns Less and Forgets Less"; Schulman et al. 2025, "LoRA Without
@@ -82,7 +82,7 @@ class TrainConfig:
     seed: int = 0
     """Seed for adapter init, data order and dropout."""
     precision: Precision = "auto"
-    """auto: bf16 where the hardware has fast bf16 (frozen base weights stored in bf16, adapters fp32), else fp32."""
+    """auto: bf16 where the device runs it natively, else fp16 (loss-scaled) on CUDA, else fp32; adapters stay fp32."""
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward: less memory for ~1/3 more compute."""
     fsdp: bool = False
@@ -90,7 +90,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         choices = {"method": METHODS, "lr_schedule": ("cosine", "linear", "constant"),
-                   "precision": ("auto", "fp32", "bf16")}  # fmt: skip
+                   "precision": PRECISIONS}  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{_flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

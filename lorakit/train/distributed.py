@@ -128,11 +128,12 @@ class Processes:
         """Element-wise sum over ranks (float64, so token counts stay exact)."""
         if self.world == 1:
             return list(values)
-        t = torch.tensor(values, dtype=torch.float64, device=self._device())  # (len(values),)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device())  # (len(values),)
         dist.all_reduce(t)
         return t.tolist()
 
-    def _device(self) -> torch.device:
+    def device(self) -> torch.device:
+        """Where this rank computes: its GPU (cuda:LOCAL_RANK) under NCCL, else the CPU."""
         return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
 
     # ---- model
@@ -143,7 +144,7 @@ class Processes:
         """
         if self.world == 1:
             return LossModule(model)
-        model.to(self._device())
+        model.to(self.device())
         if self.fsdp:
             from torch.distributed.fsdp import fully_shard
 

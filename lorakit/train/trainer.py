@@ -41,8 +41,8 @@ from lorakit.data.tokenize import IGNORE_INDEX, TokenizedExample
 from lorakit.errors import LorakitError
 from lorakit.io import save_adapter
 from lorakit.loss import autocast, label_count, mean_token_loss
-from lorakit.memory import peak_rss_mb
-from lorakit.models import resolve_precision
+from lorakit.memory import peak_gpu_mb, peak_rss_mb
+from lorakit.models import describe_device, needs_loss_scaling, precision_name, resolve_precision
 from lorakit.train.attention import fp32_attention
 from lorakit.train.checkpoint import read_checkpoint, save_checkpoint
 from lorakit.train.config import TrainConfig
@@ -177,8 +177,11 @@ class Trainer:
         self.model, self.tokenizer = model, tokenizer
         self.config = config = config or TrainConfig()
         self.procs = Processes.join(config.fsdp)  # the process group that exists, or this process alone
+        if self.procs.world > 1:  # each rank computes on its own device (NCCL: its GPU); precision is that device's
+            model.to(self.procs.device())
         self.device = next(model.parameters()).device
         self.autocast = resolve_precision(config.precision, self.device)
+        self.scaler = _loss_scaler(self.autocast, self.device, self.procs)  # fp16 only: dynamic loss scaling
         self.step_count = 0
         self.total_steps: int | None = config.max_steps or None  # None: from the data's size, when fit sees it
         self._rng = _seeded_state(config.seed, self.device)
@@ -210,7 +213,10 @@ class Trainer:
         A batch holds ``input_ids`` (B, T), and optionally ``attention_mask`` (default all ones) and ``labels``
         (default ``input_ids``; -100 where there is no loss). In a process group, each rank passes its own slice.
         Returns the step's ``step``, ``loss`` (mean over every label token of the step, all ranks), ``lr``,
-        ``grad_norm``, ``tokens`` (all ranks) and ``seconds``.
+        ``grad_norm``, ``tokens`` (all ranks) and ``seconds``; in fp16 also ``loss_scale`` (the scale this step's
+        gradients were computed at) and ``skipped`` (1 when a gradient overflowed at that scale: the optimiser did
+        not step, the scale halves, and the learning-rate schedule does not advance, as in Hugging Face's Trainer;
+        the step still counts, so the data order goes on as planned).
         """
         started = time.perf_counter()
         micro = [_complete(batch)] if isinstance(batch, Mapping) else [_complete(b) for b in batch]
@@ -232,7 +238,8 @@ class Trainer:
                     autocast(self.autocast, self.device),
                 ):
                     loss = self.forward(b)
-                (loss / n_labels).backward()
+                scaled = loss / n_labels
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
                 loss_sum += float(loss.detach())
             loss_sum, tokens = self.procs.sum(loss_sum, sum(int(b["attention_mask"].sum()) for b in micro))
             loss_value = loss_sum / n_labels
@@ -240,14 +247,24 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 raise NonFiniteLoss(loss_value, self.step_count + 1)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)  # clip (and report) the true gradients, not the scaled ones
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm or float("inf")))
             lr = self.optimizer.param_groups[0]["lr"]
-            self.optimizer.step()
-            self.scheduler.step()
+            scaling: dict[str, float] = {}
+            if self.scaler is None:
+                self.optimizer.step()
+            else:
+                scale = self.scaler.get_scale()
+                self.scaler.step(self.optimizer)  # skipped when a gradient is inf or nan
+                self.scaler.update()  # halves the scale after an overflow (and only then)
+                scaling = {"loss_scale": scale, "skipped": float(self.scaler.get_scale() < scale)}
+            if not scaling.get("skipped"):  # a skipped step changed nothing: the schedule waits for a real one
+                self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.step_count += 1
         return {"step": self.step_count, "loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens": int(tokens),
-                "seconds": time.perf_counter() - started}  # fmt: skip
+                "seconds": time.perf_counter() - started, **scaling}  # fmt: skip
 
     # ---- a run
     def tokenize(self, data: DataSource) -> Dataset:
@@ -275,8 +292,8 @@ class Trainer:
         """Train from ``step_count`` (0, or where ``load_state_dict`` left off) to the run's last step.
 
         ``on_step(trainer, metrics)`` is called after every step (metrics as ``step`` returns them, plus
-        ``peak_rss_mb``): the place for logging, evaluation and checkpoints. ``progress`` shows a progress bar and
-        the run's log lines (on rank 0).
+        ``peak_rss_mb``, and ``peak_gpu_mb`` on a CUDA device): the place for logging, evaluation and checkpoints.
+        ``progress`` shows a progress bar and the run's log lines (on rank 0).
         """
         started = time.perf_counter()
         data = self.tokenize(data)
@@ -289,9 +306,12 @@ class Trainer:
             epochs = total * self.config.grad_accum / batches.per_epoch
             rows = "rows of packed examples" if self.config.packing else "examples"
             _log(data.describe(self.config.seq_len))
-            _log(f"{self.describe()}; {total} steps = {epochs:.3g} epochs of {batches.per_epoch} batches of "
-                 f"{self.config.batch_size} {rows}; precision {self.autocast or 'fp32'}; padding "
-                 f"{100 * batches.padding():.0f}% of tokens")  # fmt: skip
+            scaled = " with dynamic loss scaling" if self.scaler is not None else ""
+            _log(
+                f"{self.describe()}; {total} steps = {epochs:.3g} epochs of {batches.per_epoch} batches of "
+                 f"{self.config.batch_size} {rows}; on {describe_device(self.device)} in "
+                 f"{precision_name(self.autocast)}{scaled}; padding {100 * batches.padding():.0f}% of tokens"
+            )  # fmt: skip
             _log(self.procs.describe(self.model, self.config.batch_size, self.config.grad_accum))
         first = self.step_count
         bar = tqdm(total=total, initial=first, disable=not show, unit="step", dynamic_ncols=True)
@@ -300,6 +320,9 @@ class Trainer:
         while self.step_count < total:
             metrics = self.step([batches[self.step_count * ga + k] for k in range(ga)])
             metrics["peak_rss_mb"] = peak_rss_mb() or 0.0
+            gpu = peak_gpu_mb(self.device)
+            if gpu is not None:
+                metrics["peak_gpu_mb"] = gpu
             tokens, loss = tokens + int(metrics["tokens"]), metrics["loss"]
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{metrics['lr']:.2e}",
                             tok_s=f"{metrics['tokens'] / metrics['seconds']:.0f}")  # fmt: skip
@@ -344,13 +367,15 @@ class Trainer:
 
     # ---- state: what a checkpoint holds
     def state_dict(self) -> dict[str, Any]:
-        """Step, optimiser, schedule and RNG states (the trained weights are the model's). In a process group this
-        is a collective (every rank's RNG state is gathered): call it on every rank. Under FSDP2 the optimiser's
-        state is gathered whole onto rank 0 (the other ranks hold {} there), in the form one process writes."""
+        """Step, optimiser, schedule, loss scale (fp16) and RNG states (the trained weights are the model's). In a
+        process group this is a collective (every rank's RNG state is gathered): call it on every rank. Under FSDP2
+        the optimiser's state is gathered whole onto rank 0 (the other ranks hold {} there), in the form one process
+        writes."""
         return {
             "step": self.step_count,
             "optimizer": self.procs.optimizer_state(self.forward, self.optimizer),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": self._rng,
             "extra": self.procs.checkpoint_extra(self._rng),
         }
@@ -366,6 +391,8 @@ class Trainer:
         else:
             self._pending_scheduler = state.get("scheduler")
         self._rng = _rng_from(rank_rng or state["rng"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
 
     def save_checkpoint(self, output: Path) -> Path | None:
         """``<output>/checkpoints/step-NNNNNN/`` (``lorakit.train.checkpoint``), written by rank 0; every rank calls
@@ -424,6 +451,21 @@ class Trainer:
         if self.autocast is not None and self.device.type == "cpu":
             return fp32_attention(self.model)
         return contextlib.nullcontext()
+
+
+def _loss_scaler(dtype: torch.dtype | None, device: torch.device, procs: Processes) -> torch.amp.GradScaler | None:
+    """fp16 training's dynamic loss scaling: the loss is multiplied by 2^16 before the backward (small gradients
+    stay above fp16's underflow), the gradients are divided back before clipping, a step whose gradients overflow
+    is skipped and the scale halved, and the scale doubles after 2000 good steps. None for bf16 and fp32, whose
+    exponent range is fp32's. Under FSDP2 each rank holds a shard of the gradients, so an overflow found on one
+    rank is shared with all (``ShardedGradScaler``)."""
+    if not needs_loss_scaling(dtype):
+        return None
+    if procs.fsdp and procs.world > 1:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler(device.type)
+    return torch.amp.GradScaler(device.type)
 
 
 def _complete(batch: Batch) -> dict[str, torch.Tensor]:
