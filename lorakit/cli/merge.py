@@ -14,6 +14,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--adapter", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--safe", action="store_true", help="refuse to merge non-finite weights")
+    p.add_argument(
+        "--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
+        help="precision of the saved weights (the merge is summed in float32 and rounded once; default fp32)",
+    )  # fmt: skip
     quantize_flag(p)
     trust_remote_code_flag(p)
     p.set_defaults(func=command)
@@ -30,6 +34,7 @@ def command(args: argparse.Namespace) -> int:
         safe=args.safe,
         quantize=quantize,  # type: ignore[arg-type]  # one of lorakit.quant.SCHEMES
         trust_remote_code=args.trust_remote_code,
+        dtype=args.dtype,
     )
     if quantize:
         print(

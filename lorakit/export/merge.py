@@ -13,6 +13,8 @@ from lorakit.io import load_adapter
 from lorakit.models import load_model
 from lorakit.quant import Scheme, dequantize_model
 
+SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
 
 def merge_to_folder(
     model_name: str | None,
@@ -21,13 +23,19 @@ def merge_to_folder(
     safe: bool = False,
     quantize: Scheme | None = None,
     trust_remote_code: bool = False,
+    dtype: str = "fp32",
 ) -> Path:
     """Merge ``adapter`` into the base weights (float32 sums) and save model, config and tokenizer.
+
+    ``dtype`` ("fp32", "fp16" or "bf16"): the precision the merged weights are saved in. The sum is formed in
+    float32 first and rounded once, so an fp16/bf16 folder holds the float32 merge rounded, not a bf16 sum.
 
     With ``quantize`` (a QLoRA adapter), the base is quantised as in training and then de-quantised to a float32
     copy: the merge adds the adapter to exactly the weights it was trained against, and the sum is never
     re-quantised (re-quantising it would round away most of what the adapter learned).
     """
+    if dtype not in SAVE_DTYPES:
+        raise LorakitError(f"merge: unknown --dtype {dtype!r}; use one of {', '.join(SAVE_DTYPES)}")
     folder = Path(output)
     if folder.exists() and any(folder.iterdir()):
         raise LorakitError(f"{folder}: output folder is not empty")
@@ -37,7 +45,7 @@ def merge_to_folder(
         model.to(torch.float32)
     load_adapter(model, adapter)
     merge_adapters(model, safe=safe)
-    plain = unload(model, merge=True)
+    plain = unload(model, merge=True).to(SAVE_DTYPES[dtype])
     # Written beside the destination and renamed into place: a failure (a full disk) leaves no half model.
     with atomic_folder(folder, what="the merged model") as tmp:
         plain.save_pretrained(tmp)  # type: ignore[operator]  # safetensors
