@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,15 +40,27 @@ def merge_to_folder(
     folder = Path(output)
     if folder.exists() and any(folder.iterdir()):
         raise LorakitError(f"{folder}: output folder is not empty")
+    plain, tokenizer = merged_model(model_name, adapter, safe, quantize, trust_remote_code)
+    plain.to(SAVE_DTYPES[dtype])
+    # Written beside the destination and renamed into place: a failure (a full disk) leaves no half model.
+    with atomic_folder(folder, what="the merged model") as tmp:
+        plain.save_pretrained(tmp)  # type: ignore[operator]  # safetensors
+        tokenizer.save_pretrained(tmp)  # includes the chat template
+    return folder
+
+
+def merged_model(
+    model_name: str | None,
+    adapter: str,
+    safe: bool = False,
+    quantize: Scheme | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any]:
+    """(plain model with the adapter merged into its weights, tokenizer); see ``merge_to_folder``."""
     model, tokenizer = load_model(model_name, quantize=quantize, trust_remote_code=trust_remote_code)
     if quantize:
         dequantize_model(model, torch.float32)
         model.to(torch.float32)
     load_adapter(model, adapter)
     merge_adapters(model, safe=safe)
-    plain = unload(model, merge=True).to(SAVE_DTYPES[dtype])
-    # Written beside the destination and renamed into place: a failure (a full disk) leaves no half model.
-    with atomic_folder(folder, what="the merged model") as tmp:
-        plain.save_pretrained(tmp)  # type: ignore[operator]  # safetensors
-        tokenizer.save_pretrained(tmp)  # includes the chat template
-    return folder
+    return unload(model, merge=True), tokenizer
