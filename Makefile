@@ -9,7 +9,7 @@ STAMP := $(VENV)/.lorakit-installed
 EXTRA_STAMP := $(VENV)/.lorakit-extra-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test test-extra lint format bench bench-quick clean-venv gpu-prepare gpu-check
+.PHONY: demo test test-extra lint format bench bench-quick clean-venv gpu-prepare gpu-check llamacpp test-llamacpp
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: lint
-	$(PY) -m pytest -q -m "not slow and not gpu and not ray"
+	$(PY) -m pytest -q -m "not slow and not gpu and not ray and not llamacpp"
 
 # What `make test` leaves out (run by .ci/run after it): the Ray Train tests (`ray`, which need the ray extra,
 # ~600 MB with pandas/pyarrow) and the slow end-to-end runs (`slow`). Never 0 tests: tests/train/test_ray.py
@@ -63,3 +63,25 @@ gpu-prepare: $(STAMP)
 
 gpu-check: $(STAMP)
 	$(PY) -m bench.gpu_check
+
+# llama.cpp checks the GGUF exports. llama-cpp-python is published as source only: it is built once (~20 min on 2
+# cores, niced) into a wheel kept in $(WHEELS) and reused; its source distribution, kept there too, holds llama.cpp's
+# own converters (convert_lora_to_gguf.py), which the tests run as a second reference.
+LLAMA_CPP_VERSION := 0.3.36
+WHEELS      ?= $(HOME)/.cache/lorakit-wheels
+LLAMA_SDIST := $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
+
+$(LLAMA_SDIST):
+	mkdir -p $(WHEELS)
+	$(PY) -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: -d $(WHEELS) \
+		llama-cpp-python==$(LLAMA_CPP_VERSION)
+
+llamacpp: $(STAMP) $(LLAMA_SDIST)
+	ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || \
+		nice -n 15 $(PY) -m pip wheel --disable-pip-version-check -q --no-deps -w $(WHEELS) $(LLAMA_SDIST)
+	$(PY) -m pip install --disable-pip-version-check -q -c $(VENV)/torch-constraint.txt \
+		-c requirements/constraints.txt --find-links $(WHEELS) --only-binary llama-cpp-python \
+		llama-cpp-python==$(LLAMA_CPP_VERSION)
+
+test-llamacpp: llamacpp
+	LORAKIT_LLAMA_CPP_SDIST=$(LLAMA_SDIST) $(PY) -m pytest -q -m llamacpp

@@ -31,7 +31,7 @@ from lorakit.adapters import (
 from lorakit.config import AdapterConfig, LoraConfig, config_from_peft_dict
 from lorakit.errors import AdapterError
 from lorakit.files import atomic_write
-from lorakit.layers import LoraLayer
+from lorakit.layers import LoraLayer, ModulesToSave, weight_of
 from lorakit.methods.inits import convert_to_lora
 
 PREFIX = "base_model.model."
@@ -196,21 +196,28 @@ def load_adapter(
     """Load a peft-format adapter into ``model`` as ``name`` (added if missing) and make it active.
 
     Every key and shape is checked before a weight is written; an adapter made for another base model is
-    an error naming the module and both shapes.
+    an error naming the module and both shapes. Embedding weights that peft saves beside the adapter by default
+    are written into the base model's embeddings, as peft's ``from_pretrained`` does.
     """
     folder = find_adapter_folder(path, name)
     config = read_adapter_config(folder)
-    tensors = read_adapter_weights(folder)
+    tensors = {k if k.startswith(PREFIX) else PREFIX + k: v for k, v in read_adapter_weights(folder).items()}
     _check_modules_exist(model, tensors, folder)
     added = name not in adapter_configs(model)
     if added:
         add_adapter(model, config, name)
     try:
-        _copy_into(adapter_tensors(model, name), tensors, folder)
+        expected = adapter_tensors(model, name)
+        base_weights = _embedding_base_weights(model, {k: v for k, v in tensors.items() if k not in expected}, folder)
+        _copy_into(expected, {k: v for k, v in tensors.items() if k not in base_weights}, folder)
     except AdapterError:
         if added:
             delete_adapter(model, name)
         raise
+    with torch.no_grad():
+        for key, param in _embedding_params(model).items():
+            if key in base_weights:
+                param.copy_(base_weights[key].to(dtype=param.dtype, device=param.device))
     set_adapters(model, [name])
     if trainable:
         mark_trainable(model, name)
@@ -241,6 +248,47 @@ def _check_modules_exist(model: nn.Module, tensors: dict[str, torch.Tensor], fol
                 f"{folder / WEIGHTS_NAME}: has weights for module {module!r}, which the base model does not have "
                 "(was the adapter made for another base model?)"
             )
+
+
+def _embedding_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of the input and output embeddings under the keys peft saves them with by default.
+
+    peft's ``save_pretrained`` (``save_embedding_layers="auto"``) writes a targeted embedding's base weight as
+    ``<path>.base_layer.weight``, and both embeddings' whole weights as ``<path>.weight`` when the vocabulary was
+    resized; ``from_pretrained`` loads them into the base layers. Keys that are an adapter's own tensors (its
+    modules_to_save copy) are never looked up here.
+    """
+    get_input, get_output = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    layers = [get() for get in (get_input, get_output) if callable(get)]
+    out: dict[str, torch.Tensor] = {}
+    for path, module in model.named_modules():
+        if not any(module is layer for layer in layers):
+            continue
+        if isinstance(module, LoraLayer):
+            out[f"{PREFIX}{path}.base_layer.weight"] = module.weight
+        elif isinstance(module, ModulesToSave):
+            out[f"{PREFIX}{path}.weight"] = weight_of(module.original_module)
+        elif isinstance(getattr(module, "weight", None), torch.Tensor):
+            out[f"{PREFIX}{path}.weight"] = weight_of(module)
+    return out
+
+
+def _embedding_base_weights(model: nn.Module, extra: dict[str, torch.Tensor], folder: Path) -> dict[str, torch.Tensor]:
+    """The tensors among ``extra`` (keys the adapter does not own) that are embedding weights peft saved by
+    default, shape-checked against the base layer they load into."""
+    params = _embedding_params(model)
+    found: dict[str, torch.Tensor] = {}
+    for key, value in extra.items():
+        if key not in params:
+            continue
+        if tuple(value.shape) != tuple(params[key].shape):
+            raise AdapterError(
+                f"{folder / WEIGHTS_NAME}: {key.removeprefix(PREFIX)} (the base embedding weights peft saves beside "
+                f"the adapter) has shape {tuple(value.shape)} but the base model's is {tuple(params[key].shape)} "
+                "(was the vocabulary resized for this adapter? resize the base model's embeddings first)"
+            )
+        found[key] = value
+    return found
 
 
 def _copy_into(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], folder: Path) -> None:

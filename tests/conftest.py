@@ -12,6 +12,17 @@ settings.register_profile("thorough", max_examples=1000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """llama.cpp tests (marker ``llamacpp``) run only when ``-m`` names them (``make test-llamacpp``): they need a
+    llama-cpp-python built from source and take minutes, so the default suite leaves them out."""
+    if "llamacpp" in (config.option.markexpr or ""):
+        return
+    skipped = [item for item in items if item.get_closest_marker("llamacpp")]
+    if skipped:
+        config.hook.pytest_deselected(items=skipped)
+        items[:] = [item for item in items if not item.get_closest_marker("llamacpp")]
+
+
 @pytest.fixture(scope="session")
 def smollm2():
     """The built-in SmolLM2-135M-Instruct (model, tokenizer), loaded once; tests must not modify it."""

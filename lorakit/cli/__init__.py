@@ -14,14 +14,14 @@ import sys
 from collections.abc import Sequence
 
 from lorakit._version import __version__
-from lorakit.cli import chat, combine, compare, demo, merge, plan, serve, train
+from lorakit.cli import chat, combine, compare, demo, export, merge, plan, serve, train
 from lorakit.cli import eval as eval_command
 from lorakit.cli import generate as generate_command
 from lorakit.cli.common import Parser, explain_defaults
 from lorakit.errors import LorakitError
 
 EXIT_USER_ERROR = 2
-SUBCOMMANDS = (train, eval_command, generate_command, chat, merge, plan, compare, combine, demo, serve)
+SUBCOMMANDS = (train, eval_command, generate_command, chat, merge, export, plan, compare, combine, demo, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

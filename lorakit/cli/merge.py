@@ -23,6 +23,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--output", required=True, help="folder for the merged model (must be empty or new)")
     p.add_argument("--safe", action="store_true", help="refuse to merge non-finite weights")
     device_flag(p)  # where the sums run; they are float32 sums whatever the device, so there is no --precision
+    p.add_argument(
+        "--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
+        help="precision of the saved weights (the merge is summed in float32 and rounded once; default fp32)",
+    )  # fmt: skip
     quantize_flag(p)
     trust_remote_code_flag(p)
     p.set_defaults(func=command)
@@ -40,6 +44,7 @@ def command(args: argparse.Namespace) -> int:
         quantize=quantize,  # type: ignore[arg-type]  # one of lorakit.quant.SCHEMES
         trust_remote_code=args.trust_remote_code,
         device=args.device,
+        dtype=args.dtype,
     )
     if quantize:
         print(
