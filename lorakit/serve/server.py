@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,7 +12,9 @@ import torch
 
 from lorakit.errors import LorakitError
 from lorakit.models import BUILTIN_NAME, is_builtin, load_model, resolve_precision
+from lorakit.quant import Scheme
 from lorakit.serve.engine import Engine
+from lorakit.serve.security import DEFAULT_MAX_REQUEST_BYTES, check_exposure
 
 Dtype = Literal["auto", "fp32", "bf16"]
 
@@ -32,20 +35,34 @@ def parse_adapter_flags(flags: Sequence[str]) -> dict[str, Path]:
 
 
 def load_engine(
-    model: str | None, dtype: Dtype = "auto", max_batch: int = 8, trust_remote_code: bool = False
-) -> tuple[Engine, str]:
+    model: str | None, dtype: Dtype = "auto", max_batch: int = 8, trust_remote_code: bool = False,
+    quantize: Scheme | None = None,
+) -> tuple[Engine, str]:  # fmt: skip
     """The base model in its serving precision, wrapped in an engine; and the name clients use for it.
 
     "auto" is bf16 where the hardware runs it fast (as ``lorakit generate``); adapters stay float32 (they are
-    loaded after the cast), so their small updates are computed at full precision.
+    loaded after the cast), so their small updates are computed at full precision. ``quantize``: the base's Linear
+    weights stored as QLoRA training stored them (its other weights in bf16, QLoRA's compute dtype).
     """
 
-    base, tokenizer = load_model(model, trust_remote_code=trust_remote_code)
+    base, tokenizer = load_model(model, quantize=quantize, trust_remote_code=trust_remote_code)
     weight = next(base.parameters())
-    if dtype == "bf16" or (dtype == "auto" and resolve_precision("auto", weight.device) == torch.bfloat16):
+    if quantize is None and (
+        dtype == "bf16" or (dtype == "auto" and resolve_precision("auto", weight.device) == torch.bfloat16)
+    ):
         base.to(torch.bfloat16)
     name = BUILTIN_NAME if is_builtin(model) else str(model)
     return Engine(base.eval(), tokenizer, max_batch=max_batch), name
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may use the server and how much they may send (``lorakit.serve.security``)."""
+
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    allow_unauthenticated: bool = False
 
 
 def serve(
@@ -59,6 +76,9 @@ def serve(
     max_input_tokens: int = 2048,
     dtype: Dtype = "auto",
     trust_remote_code: bool = False,
+    quantize: Scheme | None = None,
+    adapter_base: Callable[[Path], str | None] | None = None,
+    access: Access = Access(),  # frozen: a shared default is safe
 ) -> None:
     """Load everything, then answer HTTP requests until interrupted."""
     try:
@@ -67,12 +87,16 @@ def serve(
         from lorakit.serve.app import create_app
     except ImportError as err:
         raise LorakitError(f"lorakit serve needs its web stack: pip install 'lorakit[serve]' ({err})") from None
+    check_exposure(host, access.api_key, access.allow_unauthenticated)
     if adapter_dir is not None and not Path(adapter_dir).is_dir():
         raise LorakitError(f"--adapter-dir {adapter_dir}: no such folder")
     state = build_state(
-        model, adapters or {}, adapter_dir, max_batch, max_new_tokens, max_input_tokens, dtype, trust_remote_code
-    )
-    print(f"lorakit serve: http://{host}:{port}/v1  models: {', '.join([state.base_name, *state.adapters])}")
+        model, adapters or {}, adapter_dir, max_batch, max_new_tokens, max_input_tokens, dtype, trust_remote_code,
+        quantize=quantize, adapter_base=adapter_base, access=access,
+    )  # fmt: skip
+    shown = f"[{host}]" if ":" in host else host
+    print(f"lorakit serve: http://{shown}:{port}/ (playground), http://{shown}:{port}/v1  "
+          f"models: {', '.join([state.base_name, *state.adapters])}")  # fmt: skip
     uvicorn.run(create_app(state), host=host, port=port, log_level="warning")
     state.engine.close()
 
@@ -80,15 +104,24 @@ def serve(
 def build_state(
     model: str | None, adapters: dict[str, Path], adapter_dir: str | None, max_batch: int = 8,
     max_new_tokens: int = 256, max_input_tokens: int = 2048, dtype: Dtype = "auto", trust_remote_code: bool = False,
+    quantize: Scheme | None = None, adapter_base: Callable[[Path], str | None] | None = None,
+    access: Access = Access(),  # frozen: a shared default is safe
 ) -> Any:  # fmt: skip
     """A ready ``ServerState``: model, engine and the ``--adapter`` adapters loaded."""
     from lorakit.io import find_adapter_folder
-    from lorakit.serve.app import ServerState
+    from lorakit.serve.app import ServerState, _no_base_check
+    from lorakit.serve.protocol import ApiError
 
     for folder in adapters.values():
         find_adapter_folder(folder)  # a wrong path fails before the model is loaded
-    engine, name = load_engine(model, dtype, max_batch, trust_remote_code)
-    state = ServerState(engine, name, Path(adapter_dir) if adapter_dir else None, max_new_tokens, max_input_tokens)
+    engine, name = load_engine(model, dtype, max_batch, trust_remote_code, quantize)
+    state = ServerState(engine, name, Path(adapter_dir) if adapter_dir else None, max_new_tokens, max_input_tokens,
+                        quantization=quantize, adapter_base=adapter_base or _no_base_check, api_key=access.api_key,
+                        cors_origins=access.cors_origins, max_request_bytes=access.max_request_bytes)  # fmt: skip
     for adapter, folder in adapters.items():
-        engine.call(functools.partial(state.load, adapter, folder)).result()
+        try:
+            engine.call(functools.partial(state.load, adapter, folder)).result()
+        except ApiError as err:
+            engine.close()
+            raise LorakitError(f"--adapter {adapter}: {err.message}") from None
     return state
