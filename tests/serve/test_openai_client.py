@@ -440,15 +440,3 @@ def test_the_openapi_schema_describes_the_request_bodies(server: dict[str, Any])
         assert ref == f"#/components/schemas/{model}"
         assert fields <= set(spec["components"]["schemas"][model]["properties"])
         assert spec["components"]["schemas"][model].get("additionalProperties") is False
-
-
-def test_api_key_from_the_environment_and_exposure_rules(monkeypatch: pytest.MonkeyPatch,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
-    assert cli_main(["serve", "--host", "0.0.0.0"]) == 2
-    err = capsys.readouterr().err
-    assert "--host 0.0.0.0 makes the server reachable from other machines" in err and err.count("\n") == 1
-    monkeypatch.setenv("LORAKIT_API_KEY", "from-env")
-    from lorakit.cli import build_parser
-
-    args = build_parser().parse_args(["serve", "--host", "0.0.0.0"])
-    assert args.api_key == "from-env"
