@@ -69,8 +69,8 @@ def test_adapters_trained_on_another_base_are_refused_in_one_line(
     lora = _run(tiny_model_dir, tmp_path / "l", 2, {"method": "lora"})
     model = ["--model", str(tiny_model_dir)]
     for flags, message in [
-        (["--adapter", f"q={qlora}", "--adapter", f"l={lora}"], "--adapter: these adapters were trained on different kinds of "
-         "base (q: nf4, l: float); serve each kind from its own server"),
+        (["--adapter", f"q={qlora}", "--adapter", f"l={lora}"], "--adapter: these adapters were trained on different "
+         "kinds of base (q: nf4, l: float); serve each kind from its own server"),
         (["--adapter", f"q={qlora}", "--quantize", "none"], "--adapter q: adapter 'q' was trained on a nf4 base and "
          "this server's base is float: serve it from a server started with --quantize nf4"),
         (["--adapter", f"l={lora}", "--quantize", "int8"], "--adapter l: adapter 'l' was trained on a float base and "
