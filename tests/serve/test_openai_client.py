@@ -347,8 +347,8 @@ def test_n_choices_are_the_single_requests_with_seed_plus_i(server: dict[str, An
 
 
 ENUM_SCHEMAS = [
-    {"type": "object", "properties": {"mood": {"enum": ["happy", "sad", "calm"]}, "ok": {"type": "boolean"}},
-     "required": ["mood", "ok"]},
+    {"type": "object", "properties": {"ok": {"type": "boolean"}, "mood": {"enum": ["happy", "sad", "calm"]}},
+     "required": ["ok", "mood"]},  # not in alphabetical order: the grammar keeps the schema's
     {"type": "object", "properties": {"size": {"enum": ["S", "M", "L"]}, "tags": {"type": "array", "items": {
         "enum": ["a", "b"]}, "maxItems": 2}}, "required": ["size", "tags"]},
     {"type": "object", "properties": {"answer": {"type": "null"}}, "required": ["answer"]},
@@ -379,6 +379,7 @@ def test_json_schema_replies_validate_in_a_batch_of_different_constraints(server
         if schema is not None:
             assert finish == "stop", text
             jsonschema.validate(json.loads(text), schema)
+            assert list(json.loads(text)) == list(schema["properties"])  # in the schema's order
         else:
             with pytest.raises(ValueError):  # the tiny random model writes no JSON unconstrained
                 json.loads(text)
