@@ -120,9 +120,6 @@ class _Sampled(_Strict):
             return False, None
         return True, fmt.json_schema.schema_ if isinstance(fmt, JsonSchemaFormat) else None
 
-    def top_logprobs_asked(self) -> int | None:
-        raise NotImplementedError
-
 
 class ChatRequest(_Sampled):
     messages: list[Message] = Field(min_length=1)

@@ -19,7 +19,6 @@ from lorakit.errors import LorakitError
 
 # A long chat is tens of kB, and a prompt over --max-input-tokens is refused anyway: a body this large is no request.
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
-PUBLIC_PATHS = ("/", "/health", "/docs", "/openapi.json")  # the page, liveness and the API's description
 
 
 def is_loopback(host: str) -> bool:
