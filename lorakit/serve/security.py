@@ -2,8 +2,10 @@
 and the rule that a server reachable from other machines has a key.
 
 Both checks are plain ASGI middleware, so they run before FastAPI reads or parses a body: a request without the
-key is refused without reading what it sent, and a body over the limit is refused from its Content-Length (or, for
-a chunked body, as soon as the bytes read pass the limit) instead of being read whole and tokenised.
+key is refused without parsing what it sent, and a body over the limit is refused from its Content-Length (or, for
+a chunked body, as soon as the bytes read pass the limit) instead of being kept whole and tokenised. The rest of
+such a body is read and dropped before the answer goes out, so that a client still sending reads it rather than a
+reset connection.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from lorakit.errors import LorakitError
 
 # A long chat is tens of kB, and a prompt over --max-input-tokens is refused anyway: a body this large is no request.
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+DISCARD_BYTES = 64 << 20  # of a refused body, read and dropped at most this much; past it the connection is closed
 
 
 def is_loopback(host: str) -> bool:
@@ -65,6 +68,7 @@ class ApiKeyMiddleware:
         if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key):
             return await self.app(scope, receive, send)
         message = "Incorrect API key provided." if given else "Missing API key: send Authorization: Bearer <key>."
+        await _discard(receive, DISCARD_BYTES)
         await _answer(send, 401, error_body(401, message, "invalid_api_key"), [(b"www-authenticate", b"Bearer")])
         return None
 
@@ -76,17 +80,29 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"the request body is larger than this server takes ({limit} bytes, --max-request-bytes)")
 
 
+async def _discard(receive: Any, budget: int) -> None:
+    """Read and drop the rest of a body (up to ``budget`` bytes), so that a client still sending it reads the answer
+    instead of a reset connection; memory stays flat, and nothing is parsed or tokenised."""
+    while budget > 0:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+        budget -= len(message.get("body", b""))
+
+
 class BodyLimitMiddleware:
     """A 413 for a body over ``limit`` bytes: from its Content-Length before reading, or while reading it."""
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app, self.limit = app, limit
+        self.discard = max(DISCARD_BYTES, 16 * limit)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
+            await _discard(receive, self.discard)
             error = BodyTooLarge(self.limit)
             await _answer(send, 413, error_body(413, error.detail, "request_too_large"), [(b"connection", b"close")])
             return None
@@ -98,6 +114,8 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
+                    if message.get("more_body", False):
+                        await _discard(receive, self.discard)
                     raise BodyTooLarge(self.limit)
             return message
 

@@ -391,10 +391,16 @@ def test_a_schema_that_cannot_be_enforced_is_a_400(server: dict[str, Any]) -> No
     assert _chat(server["client"], "alpha")
 
 
-def test_body_limit_is_a_413_before_the_body_is_read(server: dict[str, Any]) -> None:
-    big = {"model": "alpha", "messages": [{"role": "user", "content": "word " * BODY_LIMIT}]}
-    status, body = _http(server["url"] + "/v1/chat/completions", big)
+def test_body_limit_is_a_413_before_the_body_is_parsed(server: dict[str, Any]) -> None:
+    huge = {"model": "alpha", "messages": [{"role": "user", "content": "word " * 4_000_000}]}  # 20 MB
+    with pytest.raises(openai.APIStatusError, match="--max-request-bytes") as refused:
+        server["client"].chat.completions.create(**huge)
+    assert refused.value.status_code == 413
+    # A client that sends the whole body before it reads (urllib) reads the answer too, not a reset connection.
+    status, body = _http(server["url"] + "/v1/chat/completions", huge)
     assert status == 413 and "--max-request-bytes" in body["error"]["message"]
+    assert _http(server["url"] + "/v1/chat/completions", huge, key="wrong")[0] == 401
+    big = {"model": "alpha", "messages": [{"role": "user", "content": "word " * BODY_LIMIT}]}
     host, port = server["url"].removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=30)
     chunks = (json.dumps(big).encode()[i : i + 4096] for i in range(0, len(json.dumps(big)), 4096))
