@@ -199,6 +199,15 @@ def mask_cost(rows: int, steps: int) -> dict[str, float]:
     return {"forward_ms": 1000 * forward / steps, "mask_ms": 1000 * masking / steps}
 
 
+def write(name: str, title: str, columns: list[str], rows: list[list[Any]], notes: str) -> Path:
+    """``bench.mixed_adapters.write_result``, with this script's command line (it writes several results files)."""
+    path = write_result(name, title, columns, rows, notes)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["command"] = " ".join(["python -m bench.serve_structured", *sys.argv[1:]])
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--adapter", help="a contacts adapter folder (the demo's); without it, the base rows only")
@@ -225,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         notes = ("One decode step of the built-in SmolLM2-135M (dtype auto, a 64-token KV cache) and, for the same "
                  "step, filling and applying the contacts schema's token masks for every row (xgrammar matchers, "
                  "one (rows, vocab/32) bitmask) plus accepting the sampled tokens; means over 40 steps.")  # fmt: skip
-        path = write_result("serve_grammar_cost", "lorakit serve: what a grammar mask adds to a decode step",
+        path = write("serve_grammar_cost", "lorakit serve: what a grammar mask adds to a decode step",
                             columns, rows, notes)  # fmt: skip
         print(f"written to {path}")
 
@@ -257,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
                  "json_schema = the contacts schema (name, email, phone, company, city: each a string or null, all "
                  f"required, no others) enforced by xgrammar. Adapter: {args.adapter or 'none given'}. "
                  "Scores by lorakit.tasks.contacts_metrics.")  # fmt: skip
-        path = write_result("serve_structured", "lorakit serve: what response_format json_schema adds to contacts "
+        path = write("serve_structured", "lorakit serve: what response_format json_schema adds to contacts "
                             "extraction, and what it costs", columns, rows, notes)  # fmt: skip
         print(f"written to {path}")
 
@@ -290,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
                  f"{args.requests} chat requests in all, round-robin over the adapters, max_tokens={args.max_tokens}, "
                  "temperature 0.7 with a seed per request; 'json_schema' adds the contacts schema to every request. "
                  "A fresh server per row; peak RSS is its VmHWM.")  # fmt: skip
-        path = write_result("serve_structured_load", "lorakit serve under load: 16 adapters, 32 clients, "
+        path = write("serve_structured_load", "lorakit serve under load: 16 adapters, 32 clients, "
                             "constrained decoding on and off", columns, rows, notes)  # fmt: skip
         print(f"written to {path}")
 
