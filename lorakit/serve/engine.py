@@ -11,6 +11,11 @@ A single engine thread owns the model. Each turn of its loop it
 Each row keeps its own position ids and attention-mask row, so a row's numbers do not depend on who else is in
 the batch beyond floating-point summation order. Results go back through a callback (``Request.emit``) called on
 the engine thread; the web layer hands them to its event loop.
+
+Per row, before a token is chosen: OpenAI's presence/frequency penalties, then the row's grammar mask (a request
+with ``response_format``; ``lorakit.serve.grammar``), then greedy choice or seeded sampling. Log-probabilities,
+where asked, are those of the model's own distribution (the raw logits' log-softmax, before penalties, mask and
+temperature), as vLLM reports them by default.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch.nn.functional as F
 from lorakit.adapters import adapter_configs, disable_adapters
 from lorakit.errors import ModelError
 from lorakit.methods.mixed import row_adapters
+from lorakit.serve.grammar import mask_logits
 
 FinishReason = Literal["stop", "length"]
 
@@ -44,6 +50,18 @@ class Sampling:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely tokens' log-probabilities
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability and the ``top`` most likely tokens at its position (id, logprob)."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -55,6 +73,7 @@ class Event:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of the tokens generated since the last event
 
 
 @dataclass(eq=False)
@@ -63,7 +82,9 @@ class Request:
     adapter: str | None
     sampling: Sampling
     emit: Callable[[Event], None]
+    matcher: Any = None  # the grammar state of a constrained reply (``lorakit.serve.grammar.matcher``)
     generated: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet emitted
     emitted: int = 0  # characters of the decoded reply already sent
     cancelled: bool = False
     generator: torch.Generator = field(default_factory=torch.Generator)
@@ -114,6 +135,7 @@ class Engine:
             0, dtype=torch.long, device=self.device
         )  # (B,): each row's latest token, the next step's input
         self.steps = 0
+        self.generated_tokens = 0
         self._thread = threading.Thread(target=self._loop, name="lorakit-engine", daemon=True)
         self._thread.start()
 
@@ -126,6 +148,13 @@ class Engine:
         future: Future[Any] = Future()
         self._inbox.put((fn, future))
         return future
+
+    def load(self) -> dict[str, int]:
+        """Rows decoding now, requests waiting for a row, decode steps and tokens generated so far (read from any
+        thread: a snapshot, not a transaction)."""
+        waiting = len(self._waiting) + self._inbox.qsize()
+        return {"running": len(self._running), "waiting": waiting, "max_batch": self.max_batch, "steps": self.steps,
+                "generated_tokens": self.generated_tokens}  # fmt: skip
 
     def in_use(self, adapter: str) -> bool:
         """Whether a waiting or running request uses ``adapter`` (call on the engine thread)."""
@@ -235,16 +264,38 @@ class Engine:
         self._accept(self._running, logits, rows=range(rows))
 
     def _accept(self, requests: list[Request], logits: torch.Tensor, rows: range) -> None:
-        """Sample one token per request (row ``rows[i]`` of the batch), emit text, drop the finished."""
+        """Choose one token per request (row ``rows[i]`` of the batch, ``logits[i]``), emit text, drop the finished."""
+        asked = [r.sampling.logprobs for r in requests]
+        raw = torch.log_softmax(logits, -1) if any(k is not None for k in asked) else None  # (B, vocab)
+        for i, request in enumerate(requests):
+            self._penalise(logits[i], request)
+        mask_logits(logits, [r.matcher for r in requests])
         greedy = logits.argmax(-1).tolist()  # (B,)
         finished = []
         for i, (request, row) in enumerate(zip(requests, rows, strict=True)):
             s = request.sampling
             token = greedy[i] if s.temperature == 0 else self._sample(logits[i], s, request.generator)
             self._last[row] = token
-            if self._advance(request, token, int(self._positions[row])):
+            if raw is not None and asked[i] is not None and token not in self.eos_ids:
+                request.logprobs.append(_logprob(raw[i], token, asked[i] or 0))
+            if request.matcher is not None and not request.matcher.accept_token(token):
+                request.emit(Event("", error=f"generation failed: the grammar refused token {token}"))
                 finished.append(request)
+            elif self._advance(request, token, int(self._positions[row])):
+                finished.append(request)
+        self.generated_tokens += len(requests)
         self._drop(finished)
+
+    @staticmethod
+    def _penalise(logits: torch.Tensor, request: Request) -> None:
+        """OpenAI's penalties, in place on one row (vocab,): minus ``frequency * count + presence * (count > 0)``
+        for each token generated so far."""
+        s = request.sampling
+        if not request.generated or (s.presence_penalty == 0 and s.frequency_penalty == 0):
+            return
+        ids = torch.tensor(request.generated, device=logits.device)
+        counts = torch.bincount(ids, minlength=logits.shape[-1])[: logits.shape[-1]].to(logits.dtype)  # (vocab,)
+        logits -= s.frequency_penalty * counts + s.presence_penalty * (counts > 0).to(logits.dtype)
 
     @staticmethod
     def _sample(logits: torch.Tensor, s: Sampling, generator: torch.Generator) -> int:
@@ -281,11 +332,12 @@ class Engine:
                         safe = min(safe, len(text[:safe]) - k)
                         break
             if safe > request.emitted:
-                request.emit(Event(text[request.emitted : safe]))
-                request.emitted = safe
+                request.emit(Event(text[request.emitted : safe], logprobs=request.logprobs))
+                request.emitted, request.logprobs = safe, []
             return False
-        request.emit(Event(text[request.emitted :], reason, len(request.prompt), len(request.generated)))
-        request.emitted = len(text)
+        request.emit(Event(text[request.emitted :], reason, len(request.prompt), len(request.generated),
+                           logprobs=request.logprobs))  # fmt: skip
+        request.emitted, request.logprobs = len(text), []
         return True
 
     def _drop(self, done: list[Request]) -> None:
@@ -304,3 +356,10 @@ class Engine:
         for layer in self._cache.layers:
             layer.keys = layer.keys[index, :, start:]
             layer.values = layer.values[index, :, start:]
+
+
+def _logprob(logprobs: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    """``token``'s entry from one row of log-probabilities (vocab,), with the ``top`` most likely tokens."""
+    best = logprobs.topk(top) if top else None
+    pairs = tuple(zip(best.indices.tolist(), best.values.tolist(), strict=True)) if best is not None else ()
+    return TokenLogprob(token, float(logprobs[token]), pairs)

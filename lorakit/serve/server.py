@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ from lorakit.models import (
     resolve_device,
     resolve_precision,
 )
+from lorakit.quant import Scheme
 from lorakit.serve.engine import Engine
+from lorakit.serve.security import DEFAULT_MAX_REQUEST_BYTES, check_exposure
 
 Dtype = Precision  # the serving precision (``lorakit serve --precision``; ``--dtype`` is its old name)
 
@@ -42,6 +45,7 @@ def parse_adapter_flags(flags: Sequence[str]) -> dict[str, Path]:
 
 def load_engine(
     model: str | None, dtype: Dtype = "auto", max_batch: int = 8, trust_remote_code: bool = False,
+    quantize: Scheme | None = None,
     device: str = "auto",
 ) -> tuple[Engine, str]:  # fmt: skip
     """The base model on ``device`` in its serving precision ``dtype``, wrapped in an engine; and the name clients
@@ -49,17 +53,30 @@ def load_engine(
 
     "auto" is bf16 where the device runs it natively, else fp16 on CUDA, else fp32 (as ``lorakit generate``);
     adapters stay float32 (they are loaded after the cast), so their small updates are computed at full precision.
+    ``quantize``: the base's Linear weights stored as QLoRA training stored them (its other weights in the compute
+    dtype).
     """
     target = resolve_device(device)
     compute = resolve_precision(dtype, target)
     base, tokenizer = load_model(
-        model, dtype=load_dtype(target, compute), trust_remote_code=trust_remote_code, device=target
-    )
+        model, dtype=load_dtype(target, compute), quantize=quantize, trust_remote_code=trust_remote_code,
+        device=target,
+    )  # fmt: skip
     weight = next(base.parameters())
     if compute is not None and weight.dtype == torch.float32:
         base.to(compute)
     name = BUILTIN_NAME if is_builtin(model) else str(model)
     return Engine(base.eval(), tokenizer, max_batch=max_batch), name
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may use the server and how much they may send (``lorakit.serve.security``)."""
+
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    allow_unauthenticated: bool = False
 
 
 def serve(
@@ -73,6 +90,9 @@ def serve(
     max_input_tokens: int = 2048,
     dtype: Dtype = "auto",
     trust_remote_code: bool = False,
+    quantize: Scheme | None = None,
+    adapter_base: Callable[[Path], str | None] | None = None,
+    access: Access = Access(),  # frozen: a shared default is safe
     device: str = "auto",
 ) -> None:
     """Load everything, then answer HTTP requests until interrupted."""
@@ -82,15 +102,18 @@ def serve(
         from lorakit.serve.app import create_app
     except ImportError as err:
         raise LorakitError(f"lorakit serve needs its web stack: pip install 'lorakit[serve]' ({err})") from None
+    check_exposure(host, access.api_key, access.allow_unauthenticated)
     if adapter_dir is not None and not Path(adapter_dir).is_dir():
         raise LorakitError(f"--adapter-dir {adapter_dir}: no such folder")
     state = build_state(
         model, adapters or {}, adapter_dir, max_batch, max_new_tokens, max_input_tokens, dtype, trust_remote_code,
-        device,
+        quantize=quantize, adapter_base=adapter_base, access=access, device=device,
     )  # fmt: skip
     weight = next(state.engine.model.parameters())
     print(f"lorakit serve: on {describe_device(weight.device)} in {str(weight.dtype).removeprefix('torch.')}")
-    print(f"lorakit serve: http://{host}:{port}/v1  models: {', '.join([state.base_name, *state.adapters])}")
+    shown = f"[{host}]" if ":" in host else host
+    print(f"lorakit serve: http://{shown}:{port}/ (playground), http://{shown}:{port}/v1  "
+          f"models: {', '.join([state.base_name, *state.adapters])}")  # fmt: skip
     uvicorn.run(create_app(state), host=host, port=port, log_level="warning")
     state.engine.close()
 
@@ -98,12 +121,15 @@ def serve(
 def build_state(
     model: str | None, adapters: dict[str, Path], adapter_dir: str | None, max_batch: int = 8,
     max_new_tokens: int = 256, max_input_tokens: int = 2048, dtype: Dtype = "auto", trust_remote_code: bool = False,
+    quantize: Scheme | None = None, adapter_base: Callable[[Path], str | None] | None = None,
+    access: Access = Access(),  # frozen: a shared default is safe
     device: str = "auto",
 ) -> Any:  # fmt: skip
     """A ready ``ServerState``: model, engine and the ``--adapter`` adapters loaded."""
     from lorakit.io import find_adapter_folder
     from lorakit.origin import adapter_origin, check_same_base
-    from lorakit.serve.app import ServerState
+    from lorakit.serve.app import ServerState, _no_base_check
+    from lorakit.serve.protocol import ApiError
 
     for folder in adapters.values():
         find_adapter_folder(folder)  # a wrong path fails before the model is loaded
@@ -111,9 +137,15 @@ def build_state(
         model = next((b for f in adapters.values() if (b := adapter_origin(f).base_model) is not None), None)
     for folder in adapters.values():
         check_same_base(folder, model)  # one line, before the model is loaded
-    engine, name = load_engine(model, dtype, max_batch, trust_remote_code, device)
+    engine, name = load_engine(model, dtype, max_batch, trust_remote_code, quantize, device)
     state = ServerState(engine, name, Path(adapter_dir) if adapter_dir else None, max_new_tokens, max_input_tokens,
-                        base_model=model)  # fmt: skip
+                        base_model=model, quantization=quantize, adapter_base=adapter_base or _no_base_check,
+                        api_key=access.api_key, cors_origins=access.cors_origins,
+                        max_request_bytes=access.max_request_bytes)  # fmt: skip
     for adapter, folder in adapters.items():
-        engine.call(functools.partial(state.load, adapter, folder)).result()
+        try:
+            engine.call(functools.partial(state.load, adapter, folder)).result()
+        except ApiError as err:
+            engine.close()
+            raise LorakitError(f"--adapter {adapter}: {err.message}") from None
     return state
