@@ -63,13 +63,13 @@ def test_no_server_errors_and_no_hung_connections(fuzzed: dict[str, Any], mode: 
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None,
                   derandomize=True)  # fmt: skip
-        def fuzz(case: Any, path: str = operation.path) -> None:
+        def fuzz(case: Any) -> None:
             if isinstance(case.body, dict) and isinstance(case.body.get("model"), str):
                 # A random model name is a 404 before anything runs: name a served model, so generation is fuzzed.
                 case.body["model"] = MODELS[len(case.body["model"]) % len(MODELS)]
             answer = case.call_and_validate(base_url=fuzzed["url"], headers=HEADERS, checks=[not_a_server_error],
                                             timeout=TIMEOUT_S)  # fmt: skip
-            statuses.append((path, answer.status_code))
+            statuses.append((case.operation.path, answer.status_code))
 
         fuzz()
     assert len(statuses) >= 4 * 5  # the strategies did produce cases (the 4 routes with bodies at least)
