@@ -12,7 +12,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("export", help="adapter -> llama.cpp LoRA GGUF (or --merge: one merged GGUF), with a Modelfile")
     p.add_argument("--adapter", required=True, help="adapter folder")
     p.add_argument("--format", choices=["gguf"], default="gguf", help="output format (default: gguf)")
-    p.add_argument("--output", required=True, metavar="FILE.gguf")
+    p.add_argument("--output", required=True, metavar="FILE.gguf", help="the GGUF file (a Modelfile goes beside it)")
     p.add_argument(
         "--model",
         help="base model (default: the one the adapter records): the built-in model, a folder, a .gguf file",
