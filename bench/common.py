@@ -68,9 +68,22 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def workload(quick: bool) -> tuple[Any, dict[str, torch.Tensor]]:
-    """(fp32 model, one batch): the built-in SmolLM2-135M and 4 built-in contacts examples (<= 256 tokens), or a
-    tiny random Llama and random tokens with labels on the second half (``quick``)."""
+DATA = ("chat", "dense")
+DENSE_PROMPT = 16  # label-free tokens at the start of each dense row; the other 240 of 256 carry a loss
+
+
+def workload(quick: bool, data: str = "chat") -> tuple[Any, dict[str, torch.Tensor]]:
+    """(fp32 model, one batch) of the ``data`` kind: the built-in SmolLM2-135M with
+
+    - ``chat``: 4 built-in contacts examples (<= 256 tokens; labels on the assistant's reply only, a system prompt
+      shared by every row), the data lorakit's fast paths were built for;
+    - ``dense``: 4 rows of exactly 256 tokens cut from the built-in knowledge task's text, a 16-token prompt then
+      labels on every other token (a completion that fills the row), so no fast path can skip any work;
+
+    or a tiny random Llama and random tokens (``quick``: labels on the second half for chat, after 4 tokens for
+    dense)."""
+    if data not in DATA:
+        raise ValueError(f"data must be one of {DATA}, got {data!r}")
     torch.manual_seed(0)
     if quick:
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -82,15 +95,18 @@ def workload(quick: bool) -> tuple[Any, dict[str, torch.Tensor]]:
         model = LlamaForCausalLM(config).eval()
         ids = torch.randint(0, 512, (BATCH, QUICK_SEQ_LEN))
         labels = ids.clone()
-        labels[:, : QUICK_SEQ_LEN // 2] = -100
+        labels[:, : QUICK_SEQ_LEN // 2 if data == "chat" else 4] = -100
         return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
     import lorakit
+
+    model, tokenizer = lorakit.load_model()
+    if data == "dense":
+        return model, dense_batch(tokenizer)
     from lorakit.data.batching import collate
     from lorakit.data.jsonl import read_jsonl
     from lorakit.data.tokenize import tokenize_dataset
     from lorakit.tasks.contacts import builtin_path
 
-    model, tokenizer = lorakit.load_model()
     # Tokenising the whole set costs each child seconds: the first child of a suite run caches the batch.
     cached = Path(tempfile.gettempdir()) / f"lorakit-bench-batch-{os.getppid()}.pt"
     if cached.exists():
@@ -100,6 +116,23 @@ def workload(quick: bool) -> tuple[Any, dict[str, torch.Tensor]]:
     batch = collate(longest, tokenizer.pad_token_id)
     torch.save(batch, cached)
     return model, batch
+
+
+def dense_batch(tokenizer: Any, rows: int = BATCH, length: int = SEQ_LEN) -> dict[str, torch.Tensor]:
+    """``rows`` x ``length`` tokens of the built-in knowledge task's conversations (user and assistant turns as
+    plain text, in file order), consecutive windows, so no two rows share a prefix; labels on all but the first
+    ``DENSE_PROMPT`` tokens of each row. The same tokens on every machine (shipped file, no download)."""
+    from lorakit.tasks.knowledge import BUILTIN
+
+    lines = (BUILTIN / "knowledge_train.jsonl").read_text(encoding="utf-8").splitlines()
+    text = "\n".join(m["content"] for line in lines for m in json.loads(line)["messages"])
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][: rows * length]
+    if len(ids) < rows * length:
+        raise ValueError(f"the knowledge text has {len(ids)} tokens, fewer than {rows} x {length}")
+    input_ids = torch.tensor(ids, dtype=torch.long).view(rows, length)  # (B, T)
+    labels = input_ids.clone()
+    labels[:, :DENSE_PROMPT] = -100
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
 
 
 ROOT = Path(__file__).resolve().parents[1]

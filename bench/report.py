@@ -16,7 +16,13 @@ from typing import Any
 from bench.common import RESULTS
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-FIRST = ("train_speed", "train_interleaved", "inference")  # the rest follow in name order
+FIRST = (
+    "train_speed",
+    "train_interleaved",
+    "train_speed_dense",
+    "train_interleaved_dense",
+    "inference",
+)  # the rest follow in name order
 KEYS = ("name", "title", "command", "machine", "columns", "rows", "notes")
 
 

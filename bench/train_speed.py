@@ -1,11 +1,12 @@
 """Training step: lorakit vs peft vs full fine-tuning, each configuration in its own process.
 
-    python -m bench.train_speed [--steps 3] [--repeats 2] [--quick] [--configs a,b]
+    python -m bench.train_speed [--steps 3] [--repeats 2] [--quick] [--configs a,b] [--data chat|dense]
 
-Same model (built-in SmolLM2-135M, fp32 weights as loaded), same batch (4 contacts examples, <= 256 tokens),
-same LoRA (r=16, alpha=32, all 7 projections, no dropout), AdamW. Each run: 1 warm-up step counted by torch's
-FlopCounterMode (the matmul FLOPs really executed, backward and recomputation included), then ``--steps``
-timed steps; peak RSS is the child's own ru_maxrss. Configurations alternate (order reversed on odd repeats) and
+Same model (built-in SmolLM2-135M, fp32 weights as loaded), same batch (``--data chat``: 4 contacts examples,
+<= 256 tokens, labels on the replies; ``--data dense``: 4 x 256-token rows with labels on all but a 16-token prompt,
+``bench.common.workload``), same LoRA (r=16, alpha=32, all 7 projections, no dropout), AdamW. Each run: 1 warm-up
+step counted by torch's FlopCounterMode (the matmul FLOPs really executed, backward and recomputation included),
+one more untimed step (where ``lorakit --compile`` compiles), then ``--steps`` timed steps; peak RSS is the child's own ru_maxrss. Configurations alternate (order reversed on odd repeats) and
 the table shows medians over repeats, so a busy machine slows them alike.
 """
 
@@ -21,23 +22,36 @@ from typing import Any
 
 import torch
 
-from bench.common import RESULTS, matmul_gflops, median, peak_rss_mb, run_child, workload, write_result
+from bench.common import (
+    DATA,
+    DENSE_PROMPT,
+    RESULTS,
+    matmul_gflops,
+    median,
+    peak_rss_mb,
+    run_child,
+    workload,
+    write_result,
+)
 
-# name -> (method, precision, activation checkpointing)
-CONFIGS: dict[str, tuple[str, str, bool]] = {
-    "lorakit (defaults)": ("lorakit", "auto", False),
-    "lorakit fp32": ("lorakit", "fp32", False),
-    "peft fp32": ("peft", "fp32", False),
-    "peft bf16 autocast": ("peft", "bf16", False),
-    "full FT fp32": ("full", "fp32", False),
-    "full FT bf16 autocast": ("full", "bf16", False),
-    "lorakit (defaults) + ckpt": ("lorakit", "auto", True),
-    "lorakit fp32 + ckpt": ("lorakit", "fp32", True),
-    "peft fp32 + ckpt": ("peft", "fp32", True),
-    "peft bf16 autocast + ckpt": ("peft", "bf16", True),
-    "full FT fp32 + ckpt": ("full", "fp32", True),
-    "full FT bf16 autocast + ckpt": ("full", "bf16", True),
+# name -> (method, precision, activation checkpointing, torch.compile of the decoder layers)
+CONFIGS: dict[str, tuple[str, str, bool, bool]] = {
+    "lorakit (defaults)": ("lorakit", "auto", False, False),
+    "lorakit fp32": ("lorakit", "fp32", False, False),
+    "peft fp32": ("peft", "fp32", False, False),
+    "peft bf16 autocast": ("peft", "bf16", False, False),
+    "full FT fp32": ("full", "fp32", False, False),
+    "full FT bf16 autocast": ("full", "bf16", False, False),
+    "lorakit (defaults) + ckpt": ("lorakit", "auto", True, False),
+    "lorakit fp32 + ckpt": ("lorakit", "fp32", True, False),
+    "peft fp32 + ckpt": ("peft", "fp32", True, False),
+    "peft bf16 autocast + ckpt": ("peft", "bf16", True, False),
+    "full FT fp32 + ckpt": ("full", "fp32", True, False),
+    "full FT bf16 autocast + ckpt": ("full", "bf16", True, False),
 }
+# Measured on request (--configs), not by default: --compile pays only on long runs (docs/speed-and-memory.md).
+EXTRA: dict[str, tuple[str, str, bool, bool]] = {"lorakit --compile": ("lorakit", "auto", False, True)}
+KNOWN = {**CONFIGS, **EXTRA}
 R, ALPHA = 16, 32
 
 
@@ -45,11 +59,13 @@ def _hf_checkpointing(model: Any) -> None:
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def setup(method: str, precision: str, ckpt: bool, quick: bool) -> tuple[Callable[[], None], int, str, int]:
+def setup(
+    method: str, precision: str, ckpt: bool, compile: bool, quick: bool, data: str = "chat"
+) -> tuple[Callable[[], None], int, str, int]:
     """(one training step, tokens per step, compute dtype name, trainable parameters)."""
     from torch.nn.utils import clip_grad_norm_
 
-    model, batch = workload(quick)
+    model, batch = workload(quick, data)
     tokens = int(batch["attention_mask"].sum())
     autocast: torch.dtype | None = torch.bfloat16 if precision == "bf16" else None
     if method == "lorakit":  # lorakit train's own step: lorakit.Trainer.step
@@ -57,7 +73,7 @@ def setup(method: str, precision: str, ckpt: bool, quick: bool) -> tuple[Callabl
         from lorakit.train.trainer import Trainer
 
         config = TrainConfig(precision=precision, gradient_checkpointing=ckpt, r=R, lora_alpha=ALPHA,  # type: ignore[arg-type]
-                             max_steps=10**6, warmup_steps=0)  # fmt: skip
+                             max_steps=10**6, warmup_steps=0, compile=compile)  # fmt: skip
         trainer = Trainer(model, None, config)
 
         def trainer_step() -> None:
@@ -65,6 +81,8 @@ def setup(method: str, precision: str, ckpt: bool, quick: bool) -> tuple[Callabl
 
         return trainer_step, tokens, "bf16" if trainer.autocast else "fp32", trainer.trainable
     else:
+        if compile:
+            raise ValueError("compile is a lorakit configuration only")
         if ckpt:
             _hf_checkpointing(model)
         if method == "peft":
@@ -93,19 +111,28 @@ def setup(method: str, precision: str, ckpt: bool, quick: bool) -> tuple[Callabl
     return step, tokens, "bf16" if autocast is not None else "fp32", trainable
 
 
-def child(name: str, steps: int, quick: bool) -> dict[str, Any]:
+def count_flops(step: Callable[[], None]) -> int:
+    """The matmul FLOPs of one ``step`` (which is run, eagerly: compiled code would hide its matmuls)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    step, tokens, dtype, trainable = setup(*CONFIGS[name], quick=quick)
-    with FlopCounterMode(display=False) as counter:
-        step()  # warm-up, counted
+    with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False) as counter:
+        step()
+    return int(counter.get_total_flops())
+
+
+def child(name: str, steps: int, quick: bool, data: str) -> dict[str, Any]:
+    step, tokens, dtype, trainable = setup(*KNOWN[name], quick=quick, data=data)
+    flops = count_flops(step)  # also the warm-up
+    start = time.perf_counter()
+    step()  # a compiled configuration compiles here
+    first = time.perf_counter() - start
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
     return {"config": name, "seconds": times, "tokens": tokens, "dtype": dtype, "trainable": trainable,
-            "flops": counter.get_total_flops(), "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+            "flops": flops, "first": first, "peak_rss_mb": peak_rss_mb()}  # fmt: skip
 
 
 def _previous(path: Path, exclude: set[str]) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
@@ -116,7 +143,7 @@ def _previous(path: Path, exclude: set[str]) -> tuple[dict[str, list[dict[str, A
     col = {c: i for i, c in enumerate(data["columns"])}
     runs = {}
     for row in data["rows"]:
-        if row[0] in exclude or row[0] not in CONFIGS:
+        if row[0] in exclude or row[0] not in KNOWN:
             continue
         sec = row[col["s/step"]]
         runs[row[0]] = [{
@@ -139,29 +166,31 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="tiny random model (checks the harness, for CI)")
     parser.add_argument("--configs", default="", help="comma-separated subset of the configuration names")
+    parser.add_argument("--data", choices=DATA, default="chat", help="the batch: contacts chat or dense labels")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--keep", action="store_true", help="keep the existing rows of configurations not run now")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.steps, args.quick)))
+        print(json.dumps(child(args.child, args.steps, args.quick, args.data)))
         return args.out
     names = [n.strip() for n in args.configs.split(",") if n.strip()] or list(CONFIGS)
-    unknown = set(names) - set(CONFIGS)
+    unknown = set(names) - set(KNOWN)
     if unknown:
-        parser.error(f"unknown configurations {sorted(unknown)}; known: {list(CONFIGS)}")
+        parser.error(f"unknown configurations {sorted(unknown)}; known: {list(KNOWN)}")
     size = 256 if args.quick else 2048
     peaks = {"fp32": matmul_gflops(torch.float32, size), "bf16": matmul_gflops(torch.bfloat16, size)}
-    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in CONFIGS if n in names}
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in KNOWN if n in names}
     if args.keep:  # rows of configurations not run now come from the existing file (e.g. after a code change)
-        kept, kept_peaks = _previous(args.out / "train_speed.json", exclude=set(names))
-        runs = {n: kept.get(n, []) for n in CONFIGS if n in names or n in kept}
+        kept, kept_peaks = _previous(args.out / f"{result_name(args.data)}.json", exclude=set(names))
+        runs = {n: kept.get(n, []) for n in KNOWN if n in names or n in kept}
         args.kept = [n for n in kept if n not in names]
         peaks = {k: max(v, kept_peaks.get(k, 0.0)) for k, v in peaks.items()}
     for rep in range(args.repeats):
         for name in names if rep % 2 == 0 else names[::-1]:
             extra = ["--quick"] if args.quick else []
-            result = run_child("bench.train_speed", ["--child", name, "--steps", str(args.steps), *extra])
+            result = run_child("bench.train_speed",
+                               ["--child", name, "--steps", str(args.steps), "--data", args.data, *extra])  # fmt: skip
             runs[name].append(result)
             print(f"{name}: {median(result['seconds']):.2f} s/step, {result['peak_rss_mb']:.0f} MB", flush=True)
             _write(runs, peaks, args)  # after every run: an interrupted suite still leaves its rows
@@ -200,7 +229,7 @@ def _write(runs: dict[str, list[dict[str, Any]]], peaks: dict[str, float], args:
     tokens = next(iter(summary.values()))["tokens"]
     model = "a tiny random Llama (--quick)" if args.quick else "SmolLM2-135M-Instruct"
     notes = (
-        f"{model}, one batch of 4 examples ({tokens} tokens), LoRA r={R} alpha={ALPHA} on all 7 projections. "
+        f"{model}, {describe_data(args.data, tokens)}, LoRA r={R} alpha={ALPHA} on all 7 projections. "
         f"Medians of {args.steps} timed steps per run, {min(len(r) for r in runs.values() if r)} run(s) per "
         "configuration, alternating. "
         f"Matmul peak measured in the same run: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s "
@@ -210,16 +239,34 @@ def _write(runs: dict[str, list[dict[str, Any]]], peaks: dict[str, float], args:
         "same checkpointing setting (a '+ ckpt' row against the '+ ckpt' reference). lorakit rows run "
         "lorakit.Trainer.step (lorakit train's step); peft and full FT use transformers' loss with a plain torch loop."
     )
+    for name, s in summary.items():
+        if KNOWN[name][3] and "first" in s:
+            notes += f" {name}: its first step, which compiles, took {s['first']:.0f} s."
     if getattr(args, "kept", None):
         notes += f" Rows kept from an earlier run of this script (--keep): {', '.join(args.kept)}."
-    return write_result(
-        "train_speed", "Training step: lorakit vs peft vs full fine-tuning", _command(args), columns, rows, notes,
-        args.out,
-    )  # fmt: skip
+    title = "Training step: lorakit vs peft vs full fine-tuning" + DATA_TITLE[args.data]
+    return write_result(result_name(args.data), title, _command(args), columns, rows, notes, args.out)
+
+
+def result_name(data: str, name: str = "train_speed") -> str:
+    """The results file of ``data``'s rows: ``train_speed`` for chat (as before), ``train_speed_dense``."""
+    return name if data == "chat" else f"{name}_{data}"
+
+
+DATA_TITLE = {"chat": "", "dense": ", dense labels"}
+
+
+def describe_data(data: str, tokens: int) -> str:
+    if data == "dense":
+        return (f"one batch of 4 rows x 256 tokens of the knowledge task's text ({tokens} tokens), labels on all but "
+                f"the first {DENSE_PROMPT} of each row (dense labels: no position or prefix to skip)")  # fmt: skip
+    return f"one batch of 4 contacts examples ({tokens} tokens, labels on the replies)"
 
 
 def _command(args: argparse.Namespace) -> str:
     parts = ["python -m bench.train_speed", f"--steps {args.steps}", f"--repeats {args.repeats}"]
+    if args.data != "chat":
+        parts.append(f"--data {args.data}")
     if args.quick:
         parts.append("--quick")
     if args.keep:

@@ -117,7 +117,8 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
     """Sum of cross-entropies of ``hidden @ W^T (+ bias)`` against ``targets``, ``chunk`` rows at a time.
 
     For logits z = h W^T (+ b) and target t, the loss is ``logsumexp(z) - z_t`` and its gradient
-    ``dL/dz = softmax(z) - onehot(t)``, so ``dL/dh = (softmax(z) - onehot(t)) W``. The forward computes both per
+    ``dL/dz = softmax(z) - onehot(t)``, so ``dL/dh = (softmax(z) - onehot(t)) W``: both follow from ``log_softmax(z)``
+    (the loss is minus its entry at t, softmax its exponential). The forward computes both per
     chunk and keeps only dL/dh (N, H): the (N, V) fp32 logits never exist for more than ``chunk`` rows at a
     time, and the backward is a multiplication by the incoming scalar gradient. The head's weight is frozen.
     A short last chunk runs padded with zero rows up to a multiple of ``rows_multiple`` (at most ``chunk``);
@@ -145,10 +146,13 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
                 z = (h @ w.T).to(logits_dtype)  # (rows, V)
                 if bias is not None:
                     z += bias.to(logits_dtype)
-                lse = torch.logsumexp(z, dim=-1)  # (rows,)
-                total += (lse[:n] - z[:n].gather(1, t[:, None]).squeeze(1)).sum()
+                # log-softmax is one fused kernel (max, sum of exponentials and the write in one sweep): the chunk's
+                # 50 MB of logits are read and written far fewer times than by logsumexp, a subtraction and exp.
+                logp = torch.log_softmax(z, dim=-1)  # (rows, V)
+                del z
+                total -= logp[:n].gather(1, t[:, None]).sum()
                 if grad_hidden is not None:
-                    probs = z.sub_(lse[:, None]).exp_()  # (rows, V) softmax, in place of the logits
+                    probs = logp.exp_()  # (rows, V) softmax, in place
                     probs[n:] = 0  # padding rows pass no gradient
                     probs[torch.arange(n, device=t.device), t] -= 1
                     grad_hidden[start : start + chunk] = (probs.to(dtype) @ w)[:n].to(hidden.dtype)  # (n, H)

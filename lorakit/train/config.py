@@ -85,6 +85,8 @@ class TrainConfig:
     """auto: bf16 where the device runs it natively, else fp16 (loss-scaled) on CUDA, else fp32; adapters stay fp32."""
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward: less memory for ~1/3 more compute."""
+    compile: bool = False
+    """torch.compile each decoder layer for the training steps (a C++ compiler on a CPU): compiles at step 1."""
     fsdp: bool = False
     """In a process group (torchrun, Ray Train): shard the frozen base with FSDP2 (default: DDP; no effect alone)."""
 

@@ -137,13 +137,14 @@ class Processes:
         return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
 
     # ---- model
-    def wrap(self, model: nn.Module) -> nn.Module:
+    def wrap(self, model: nn.Module, share_prefix: bool = True) -> nn.Module:
         """The module to call for a batch's loss sum: the model's LossModule, under DDP or FSDP2 when N > 1.
 
-        Call it after the adapter is initialised (the same on every rank).
+        Call it after the adapter is initialised (the same on every rank). ``share_prefix``: run a prompt prefix
+        shared by a batch's rows once (``lorakit.loss.token_loss_sum``).
         """
         if self.world == 1:
-            return LossModule(model)
+            return LossModule(model, share_prefix)
         model.to(self.device())
         if self.fsdp:
             from torch.distributed.fsdp import fully_shard
@@ -163,7 +164,7 @@ class Processes:
         from torch.nn.parallel import DistributedDataParallel
 
         ddp = DistributedDataParallel(
-            LossModule(model), device_ids=[self.local_rank] if self.backend == "nccl" else None
+            LossModule(model, share_prefix), device_ids=[self.local_rank] if self.backend == "nccl" else None
         )
         ddp.register_comm_hook(self, _sum_and_count)
         return ddp

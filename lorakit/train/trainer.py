@@ -45,6 +45,7 @@ from lorakit.memory import peak_gpu_mb, peak_rss_mb
 from lorakit.models import describe_device, needs_loss_scaling, precision_name, resolve_precision
 from lorakit.train.attention import fp32_attention
 from lorakit.train.checkpoint import read_checkpoint, save_checkpoint
+from lorakit.train.compile import CompiledLayers
 from lorakit.train.config import TrainConfig
 from lorakit.train.distributed import Processes
 from lorakit.train.optim import build_optimizer, schedule
@@ -198,8 +199,11 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.manual_seed(config.seed + self.procs.rank)
         prepare_for_training(model, self.autocast, config.gradient_checkpointing)
+        self.compiled = CompiledLayers(model) if config.compile else None  # compiles at the first step
         self.trainable, self.total = count_parameters(model)
-        self.forward = self.procs.wrap(model)  # batch -> loss sum; under DDP/FSDP2 it syncs the adapter gradients
+        # batch -> loss sum; under DDP/FSDP2 it syncs the adapter gradients. A shared prompt prefix runs once per batch,
+        # except with compiled layers: the prefix's KV cache would keep every layer eager (lorakit.train.compile).
+        self.forward = self.procs.wrap(model, share_prefix=not config.compile)
         self.optimizer = build_optimizer(model, config)
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self._pending_scheduler: dict[str, Any] | None = None
@@ -226,7 +230,7 @@ class Trainer:
             raise LorakitError(
                 "TrainConfig(max_steps=0) trains for --epochs of a dataset: call fit(data), or give max_steps"
             )
-        with self._own_rng(), self._kernels():
+        with self._own_rng(), self._kernels(), self._compiled():
             # One normaliser for the whole step: the mean over all its label tokens, not a mean of means; in a
             # process group, over all ranks' tokens (gradients are summed across ranks, not averaged).
             (n_labels,) = self.procs.sum(sum(label_count(b) for b in micro))
@@ -445,6 +449,10 @@ class Trainer:
                 self._rng = {"torch": torch.get_rng_state()}
                 if cuda:
                     self._rng["cuda"] = torch.cuda.get_rng_state(cuda[0])
+
+    def _compiled(self) -> contextlib.AbstractContextManager[None]:
+        """The decoder layers' compiled forward (``TrainConfig.compile``), during training steps only."""
+        return self.compiled.active() if self.compiled is not None else contextlib.nullcontext()
 
     def _kernels(self) -> contextlib.AbstractContextManager[None]:
         """fp32 attention for a bf16 run on a CPU, where PyTorch's kernel is faster in fp32 than in bf16."""
