@@ -107,10 +107,11 @@ class RunConfig(TrainConfig):
 
 # Fields a resumed run may change; any other difference means a different run. pad_to_multiple_of only pads
 # the same batches further (the loss is the same up to rounding), so a run from before the flag resumes too; a run
-# may go on on another device (the same computation up to rounding; dropout masks come from that device's generator).
+# may go on on another device (the same computation up to rounding; dropout masks come from that device's generator),
+# or with or without compiled layers (the same computation up to rounding).
 RESUMABLE_CHANGES = {
     "resume", "overwrite", "output", "max_steps", "epochs", "save_every", "eval_every", "trust_remote_code",
-    "pad_to_multiple_of", "device",
+    "pad_to_multiple_of", "device", "compile",
 }  # fmt: skip
 
 

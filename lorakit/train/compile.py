@@ -10,9 +10,10 @@ trace 30 copies of the same code.
 
 Scope. ``active()`` gives each layer an instance attribute ``forward`` that calls the compiled function, and
 removes it on the way out: outside the trainer's steps (evaluation, generation, saving) the model runs its
-plain eager code, and nothing of the class or of transformers is patched. A layer call with a KV cache (the
-shared-prompt pass of ``lorakit.loss``) runs eagerly: the cache is indexed by the layer's number, which the
-compiled code would specialise on, one graph per layer.
+plain eager code, and nothing of the class or of transformers is patched. A layer call with a KV cache runs
+eagerly: the cache is indexed by the layer's number, which the compiled code would specialise on, one graph per
+layer. So the trainer with compiled layers runs a batch's shared prompt prefix with every row instead of once
+(``lorakit.loss``'s prefix pass uses a cache): on the demo's batches the compiled whole rows are the faster.
 
 Shapes. The batch's sequence length varies from step to step; the activations' dimensions are compiled as
 symbols (``dynamic=True``; parameter shapes stay fixed), so a new length reuses the compiled code instead of
