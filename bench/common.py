@@ -168,6 +168,8 @@ def write_result(
 ) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
+    if os.environ.get("OMP_NUM_THREADS"):  # the thread count is part of how to reproduce the numbers
+        command = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} {command}"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     notes += f" Machine load when written: 1-minute load average {load:.1f} on {os.cpu_count()} cores."
     data = {"name": name, "title": title, "command": command, "machine": machine(), "columns": columns,

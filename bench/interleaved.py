@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> Path:
     tokens = steps[names[0]][1]
     notes = (
         f"{len(names)} configurations in one process, {args.rounds} timed round(s) after a warm-up round, one step "
-        f"of each per round, order reversed every other round; medians. {describe_data(args.data, tokens)}; "
+        f"of each per round, order reversed every other round; medians. {describe_data(args.data, tokens).capitalize()}; "
         f"the same model and LoRA config as the training table. 'time vs {names[0]}' is the factor by which a step "
         f"is slower than {names[0]}'s. GFLOP/step: the matmul FLOPs of one step as executed eagerly (torch "
         f"FlopCounterMode; a compiled step does the same products). Matmul peak measured in the same run: fp32 "

@@ -125,3 +125,22 @@ def test_gpu_check_runs_every_phase_at_toy_size(tmp_path: Path) -> None:
     assert [row[0] for row in demo["rows"]] == ["GPU fp32", "CPU fp32", "GPU auto"] and "they agree" in demo["notes"]
     serve = json.loads((tmp_path / "gpu_serve.json").read_text())
     assert [row[-1] for row in serve["rows"]] == [0, 0], "no errors"
+
+
+def test_dense_workload_is_fixed_length_rows_with_a_loss_on_almost_every_token(smollm2_tokenizer) -> None:
+    """bench --data dense: 4 x 256 tokens of the shipped knowledge text, the same every time, no prompt the rows
+    share (lorakit's shared-prefix path has nothing to skip) and labels on all but a short prompt per row."""
+    from bench.common import DENSE_PROMPT, dense_batch
+    from lorakit.loss import shared_prefix_length
+
+    batch = dense_batch(smollm2_tokenizer)
+    assert batch["input_ids"].shape == batch["labels"].shape == (4, 256)
+    assert bool(batch["attention_mask"].all())
+    labelled = batch["labels"] != -100
+    assert not labelled[:, :DENSE_PROMPT].any() and bool(labelled[:, DENSE_PROMPT:].all())
+    assert bool((batch["labels"][labelled] == batch["input_ids"][labelled]).all())
+    assert shared_prefix_length(batch) == 0 and len({tuple(r[:8].tolist()) for r in batch["input_ids"]}) == 4
+    again = dense_batch(smollm2_tokenizer)
+    assert all(bool((batch[k] == again[k]).all()) for k in batch), "deterministic"
+    text = smollm2_tokenizer.decode(batch["input_ids"][0])
+    assert "What language is spoken on" in text or "invented" in text or "capital" in text

@@ -317,6 +317,8 @@ class Trainer:
                  f"{precision_name(self.autocast)}{scaled}; padding {100 * batches.padding():.0f}% of tokens"
             )  # fmt: skip
             _log(self.procs.describe(self.model, self.config.batch_size, self.config.grad_accum))
+            if self.compiled is not None:
+                _log("--compile: the first step compiles the decoder layers (about a minute on a 2-core CPU)")
         first = self.step_count
         bar = tqdm(total=total, initial=first, disable=not show, unit="step", dynamic_ncols=True)
         tokens, loss = 0, float("nan")
