@@ -59,10 +59,10 @@ def main(argv: list[str] | None = None) -> Path:
         rows.append([name, dtype, round(sec, 3), round(steps[name][1] / sec, 1), f"{ref / sec:.2f}x",
                      f"{sec / ref:.2f}x", round(gflop, 1), round(gflop / sec, 1),
                      f"{100 * gflop / sec / peaks[dtype]:.0f}%", round(first[name], 1)])  # fmt: skip
-    tokens = steps[names[0]][1]
+    data = describe_data(args.data, steps[names[0]][1])
     notes = (
         f"{len(names)} configurations in one process, {args.rounds} timed round(s) after a warm-up round, one step "
-        f"of each per round, order reversed every other round; medians. {describe_data(args.data, tokens).capitalize()}; "
+        f"of each per round, order reversed every other round; medians. {data[0].upper()}{data[1:]}; "
         f"the same model and LoRA config as the training table. 'time vs {names[0]}' is the factor by which a step "
         f"is slower than {names[0]}'s. GFLOP/step: the matmul FLOPs of one step as executed eagerly (torch "
         f"FlopCounterMode; a compiled step does the same products). Matmul peak measured in the same run: fp32 "
