@@ -23,8 +23,10 @@ Process-wide: torch.compile's caches belong to the process and outlive the train
 the layer class's ``forward`` code object (the same entries serve another model of the same class compiled the
 same way), ``torch._dynamo.config.recompile_limit`` counts graphs per code object, and Inductor keeps built
 kernels on disk (``/tmp/torchinductor_<user>`` unless ``TORCHINDUCTOR_CACHE_DIR`` says otherwise), which makes a
-later process's compile faster. ``torch.compiler.reset()`` clears the in-memory part. This module changes no
-``torch._dynamo`` or Inductor setting.
+later process's compile faster. ``torch.compiler.reset()`` clears the in-memory part. On a machine with more than
+one core Inductor builds kernels in a pool of worker processes that it starts once and keeps until the process
+exits (``TORCHINDUCTOR_COMPILE_THREADS=1`` builds them in-process). This module changes no ``torch._dynamo`` or
+Inductor setting.
 """
 
 from __future__ import annotations
