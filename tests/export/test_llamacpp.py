@@ -187,6 +187,7 @@ def pattern_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random adapter on the built-in model that needs everything the LoRA export does: q/k permutation, rsLoRA's
     equivalent alpha, and rank/alpha patterns folded into B."""
     model, _ = lorakit.load_model()
+    torch.manual_seed(0)  # A's init
     config = lorakit.LoraConfig(r=8, lora_alpha=16, use_rslora=True, target_modules="all-linear",
                                 rank_pattern={"v_proj": 4, "layers.3.mlp.down_proj": 16},
                                 alpha_pattern={"o_proj": 4.0, "layers.7.self_attn.q_proj": 40.0})  # fmt: skip
@@ -326,6 +327,33 @@ def test_llama3_rope_scaling_runs_as_in_transformers(llama_cpp, tiny_model_dir: 
     reference = torch_logits(AutoModelForCausalLM.from_pretrained(base).eval(), tokens)
     _report("tiny llama3-rope merged GGUF vs transformers", llama_cpp_logits(llama_cpp, merged, tokens), reference)
     np.testing.assert_allclose(llama_cpp_logits(llama_cpp, merged, tokens), reference, atol=1e-4)
+
+
+def test_why_tied_embeddings_are_refused(tmp_path: Path) -> None:
+    """The refusal guards against this: an embedding update for a model whose head is tied to the embedding makes
+    llama.cpp abort (it runs the head through the embedding's tensor, so it applies the transposed update there too).
+    If a llama.cpp release stops aborting, this test fails and the refusal can be revisited."""
+    import dataclasses
+
+    from lorakit.export.gguf_layout import LlamaLayout
+    from lorakit.export.gguf_lora import lora_gguf_tensors, write_lora_gguf
+    from lorakit.io import read_adapter_config, read_adapter_weights
+    from lorakit.models import builtin_model_dir
+
+    model, _ = lorakit.load_model()
+    lorakit.add_adapter(model, lorakit.LoraConfig(r=4, target_modules=["embed_tokens"]))
+    folder = lorakit.save_adapter(model, tmp_path / "adapter")
+    config = json.loads((builtin_model_dir() / "config.json").read_text())
+    untied = dataclasses.replace(LlamaLayout.from_config(config, "built-in"), tied=False)  # around the refusal
+    alpha, tensors = lora_gguf_tensors(read_adapter_config(folder), read_adapter_weights(folder), untied, "test")
+    write_lora_gguf(tmp_path / "embed.gguf", alpha, tensors, "fp32")
+    script = (
+        "import llama_cpp, sys; llm = llama_cpp.Llama(model_path=sys.argv[1], lora_path=sys.argv[2], n_ctx=64, "
+        "verbose=False); llm.create_completion('Hello', max_tokens=2)"
+    )
+    run = subprocess.run([sys.executable, "-c", script, str(builtin_gguf()), str(tmp_path / "embed.gguf")],
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode != 0 and "GGML_ASSERT(ggml_can_mul_mat(a, b))" in run.stderr
 
 
 # ---------------------------------------------------------------- greedy answers agree with lorakit eval
