@@ -1,209 +1,40 @@
-"""Train every method on the same budget and score it: task score, forgetting, size, memory, time.
+"""``lorakit compare``: LoRA against full fine-tuning, each at its best learning rate, on several seeds, with
+forgetting compared at equal task score; on the built-in tasks or on the user's own data.
 
-Each method trains in its own ``python -m lorakit train`` process (same data, order, steps, batch and seed);
-``os.wait4`` gives that process's peak RSS. Scoring happens here, with greedy generation on merged weights.
-
-Learning rates: LoRA trains at 1e-3 with lora_alpha = 2r (lorakit's demo setting, tuned on the contacts
-task), full fine-tuning at 1e-4. Full fine-tuning moves every weight, so it needs a far smaller step: the
-usual full-SFT range for small models is 1e-5 to 1e-4 (the top of it here, as the budget is a few dozen steps),
-and Biderman et al. 2024 found the best LoRA rates about 10x the best full fine-tuning rates. The rates were
-chosen from those ranges, not swept here.
+For each task, every method is first trained at each rate of its sweep (seed 0) and scored on a validation split
+and on the test split; the rate with the best validation score is then trained on more seeds, and the report
+quotes test scores only (``lorakit.cli.compare_setup`` has the methods, grids and budgets, ``compare_trials`` one
+trial and its cache, ``compare_analysis`` the arithmetic, ``compare_report`` the report). Every trial is cached in
+the output folder: the same command continues an interrupted comparison, and adding a method re-uses the rest.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import platform
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from lorakit.cli.common import device_flag, positive, precision_flag
-from lorakit.data.jsonl import read_jsonl
+from lorakit.cli.compare_analysis import best_rate
+from lorakit.cli.compare_setup import (
+    BUDGETS,
+    DEFAULT_METHODS,
+    GRID_BUILTIN,
+    GRID_OTHER,
+    Budget,
+    MethodSpec,
+    TaskSetup,
+    builtin_setup,
+    data_setup,
+    parse_methods,
+)
+from lorakit.cli.compare_trials import Context, Trial, base_trials, run_trial
+from lorakit.data.formats import FORMATS
 from lorakit.errors import LorakitError
-from lorakit.files import write_text_atomic
-from lorakit.tasks.contacts import builtin_path as contacts_path
-from lorakit.tasks.knowledge import builtin_path as knowledge_path
-from lorakit.tasks.knowledge import normalise
-
-Task = Literal["format", "knowledge"]
-DEFAULT_METHODS = "full,lora:r=8,lora:r=64"
-LEARNING_RATES = {"full": 1e-4, "lora": 1e-3}
-PROBE_TEXT = Path(__file__).parents[1] / "tasks" / "builtin" / "probe_text.jsonl"
-PROBE_QUESTIONS = Path(__file__).parents[1] / "tasks" / "builtin" / "probe_questions.jsonl"
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """One column of the comparison: ``full`` or ``lora:r=8`` (optionally ``:lr=2e-4``)."""
-
-    method: str
-    r: int = 16
-    lr: float = 0.0
-
-    @property
-    def label(self) -> str:
-        return self.method if self.method == "full" else f"{self.method} r={self.r}"
-
-    @property
-    def slug(self) -> str:
-        return self.method if self.method == "full" else f"{self.method}-r{self.r}"
-
-
-def parse_methods(text: str) -> list[MethodSpec]:
-    """``full,lora:r=8,lora:r=64:lr=5e-4`` -> specs; an unknown method or key is a one-line error."""
-    from lorakit.train.config import TrainConfig
-
-    specs = []
-    for item in (t.strip() for t in text.split(",") if t.strip()):
-        method, *options = item.split(":")
-        try:
-            TrainConfig(method=method)  # type: ignore[arg-type]
-        except ValueError:
-            raise LorakitError(f"--methods: {method!r} is not a training method of this lorakit") from None
-        values: dict[str, Any] = {"r": 16, "lr": LEARNING_RATES.get(method, 1e-3)}
-        for option in options:
-            key, _, value = option.partition("=")
-            if key not in ("r", "lr") or not value:
-                raise LorakitError(f"--methods: {item!r}: options are r=N and lr=X, got {option!r}")
-            try:
-                values[key] = int(value) if key == "r" else float(value)
-            except ValueError:
-                raise LorakitError(f"--methods: {item!r}: {key} must be a number, got {value!r}") from None
-        specs.append(MethodSpec(method, values["r"], values["lr"]))
-    if not specs:
-        raise LorakitError("--methods: name at least one method, e.g. full,lora:r=8")
-    return specs
-
-
-@dataclass(frozen=True)
-class TaskSetup:
-    """The shared budget of one task: data, steps, batch, and how many test items are scored."""
-
-    task: Task
-    data: str
-    steps: int
-    batch_size: int
-    n_test: int | None
-    n_train: int | None = None
-
-
-def task_setup(task: Task, steps: int | None, quick: bool, limit: int | None = None) -> TaskSetup:
-    """The task's default budget (``--quick``: tiny); ``steps`` and ``limit`` (items scored) override it."""
-    if limit is not None:
-        return dataclasses.replace(task_setup(task, steps, quick), n_test=limit)
-    if task == "format":
-        return TaskSetup(task, str(contacts_path("train")), steps or (2 if quick else 60), 8 if not quick else 2,
-                         8 if quick else 30, 16 if quick else None)  # fmt: skip
-    return TaskSetup(task, str(knowledge_path("train")), steps or (2 if quick else 120), 16 if not quick else 2,
-                     10 if quick else None, 16 if quick else None)  # fmt: skip
-
-
-@dataclass
-class Result:
-    """One trained (or base) model's measurements."""
-
-    task: str
-    label: str
-    method: str
-    r: int
-    lr: float
-    trainable: int = 0
-    disk_bytes: int = 0
-    peak_rss: int = 0
-    seconds_per_step: float = 0.0
-    train_loss: float = 0.0
-    score: dict[str, float] = field(default_factory=dict)
-    probe: dict[str, float] = field(default_factory=dict)
-
-
-def _subset(data: str, n: int | None, folder: Path) -> str:
-    if n is None:
-        return data
-    path = folder / f"subset-{Path(data).name}"
-    lines = Path(data).read_text(encoding="utf-8").splitlines()[:n]
-    write_text_atomic(path, "\n".join(lines) + "\n")
-    return str(path)
-
-
-def train_one(spec: MethodSpec, setup: TaskSetup, model: str | None, output: Path, device: str = "auto",
-              precision: str = "auto") -> Result:  # fmt: skip
-    """One ``lorakit train`` subprocess (on ``device``, in ``precision``); returns what it measured."""
-    output.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, "-m", "lorakit", "train", "--data", _subset(setup.data, setup.n_train, output.parent),
-            "--output", str(output), "--overwrite", "--method", spec.method, "--max-steps", str(setup.steps),
-            "--batch-size", str(setup.batch_size), "--lr", str(spec.lr), "--seed", "0",
-            "--warmup-steps", str(max(1, setup.steps // 10)), "--seq-len", "384", "--device", device,
-            "--precision", precision]  # fmt: skip
-    if spec.method != "full":
-        args += ["--r", str(spec.r), "--lora-alpha", str(2 * spec.r)]
-    if model:
-        args += ["--model", model]
-    with open(output / "train.log", "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        tail = (output / "train.log").read_text(encoding="utf-8").strip().splitlines()[-1:]
-        raise LorakitError(f"training {spec.label} on {setup.task} failed: {' '.join(tail)} (see {output}/train.log)")
-    summary = json.loads((output / "train_summary.json").read_text(encoding="utf-8"))
-    steps = [r for r in map(json.loads, (output / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
-    seconds = sorted(r["seconds"] for r in steps)
-    weights = ("model.safetensors",) if spec.method == "full" else ("adapter_model.safetensors",)
-    return Result(
-        setup.task, spec.label, spec.method, spec.r, spec.lr, trainable=summary["trainable"],
-        disk_bytes=sum((output / w).stat().st_size for w in weights), peak_rss=usage.ru_maxrss * 1024,
-        seconds_per_step=seconds[len(seconds) // 2], train_loss=summary["final"]["train_loss"],
-    )  # fmt: skip
-
-
-def load_trained(model: str | None, spec: MethodSpec | None, folder: Path | None, device: str = "auto",
-                 precision: str = "auto") -> tuple[Any, Any]:  # fmt: skip
-    """The base model, the base plus a trained adapter, or a fully fine-tuned model; ready for inference on
-    ``device`` in ``precision``."""
-    from lorakit.cli.common import model_with_adapter
-
-    if spec is not None and spec.method == "full" and folder is not None:
-        return model_with_adapter(str(folder), None, None, False, device, precision)
-    adapter = str(folder) if spec is not None and folder is not None else None
-    return model_with_adapter(model, adapter, "none", False, device, precision)
-
-
-def score_task(m: Any, tokenizer: Any, setup: TaskSetup) -> dict[str, float]:
-    """Format: contacts exact match and field accuracy. Knowledge: exact answer match on paraphrases."""
-    from lorakit.eval.generate import generate_all
-    from lorakit.eval.run import evaluate_contacts
-
-    if setup.task == "format":
-        metrics = evaluate_contacts(m, tokenizer, None, setup.n_test, batch_size=32, progress=False)
-        return {"exact_match": metrics["exact_match"], "field_accuracy": metrics["field_accuracy"]}
-    records = read_jsonl(knowledge_path("test"))[: setup.n_test]
-    replies = generate_all(m, tokenizer, [r["messages"] for r in records], 16, batch_size=64, progress=False)
-    answers = [r["messages"][-1]["content"] for r in records]
-    exact = [normalise(reply) == normalise(a) for reply, a in zip(replies, answers, strict=True)]
-    return {"exact_match": sum(exact) / len(exact)}
-
-
-def probe(m: Any, tokenizer: Any, keep: list[int] | None) -> tuple[dict[str, float], list[int]]:
-    """General-ability probe: perplexity on ordinary text, and short general questions (answer contained in
-    the reply). ``keep``: the questions the base answered right (None: this is the base, find them)."""
-    from lorakit.eval.generate import generate_all
-    from lorakit.eval.run import evaluate_loss
-
-    ppl = evaluate_loss(m, tokenizer, str(PROBE_TEXT))["perplexity"]
-    records = read_jsonl(PROBE_QUESTIONS)
-    replies = generate_all(m, tokenizer, [r["messages"] for r in records], 24, batch_size=64, progress=False)
-    right = [i for i, (r, reply) in enumerate(zip(records, replies, strict=True))
-             if r["messages"][-1]["content"].casefold() in reply.casefold()]  # fmt: skip
-    chosen = keep if keep is not None else right
-    accuracy = len(set(right) & set(chosen)) / len(chosen) if chosen else 1.0  # none to lose: nothing lost
-    return {"perplexity": ppl, "questions": accuracy, "n_questions": len(chosen)}, right
 
 
 def machine() -> str:
@@ -216,56 +47,118 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
-def run_compare(tasks: list[Task], methods: list[MethodSpec], steps: int | None, quick: bool, output: Path,
-                model: str | None = None, command: str = "lorakit compare",
-                limit: int | None = None, device: str = "auto", precision: str = "auto") -> Path:  # fmt: skip
-    """Train and score every method on every task; writes results.json, report.md and plots into ``output``."""
+def minutes(seconds: float) -> str:
+    return f"{seconds / 3600:.0f} h {seconds % 3600 / 60:02.0f} min" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+class Progress:
+    """One line per trial, with how long the rest should take (the mean time of this task's trials so far)."""
+
+    def __init__(self, planned: dict[str, int]) -> None:
+        self.left = dict(planned)
+        self.total, self.done = sum(planned.values()), 0
+        self.seconds: dict[str, list[float]] = {}
+
+    def line(self, trial: Trial, record: dict[str, Any], was_cached: bool, setup: TaskSetup) -> str:
+        task = setup.task
+        self.done += 1
+        self.left[task] -= 1
+        self.seconds.setdefault(task, []).append(record["seconds"])
+        every = [s for times in self.seconds.values() for s in times]
+        eta = sum(n * _mean(self.seconds.get(t) or every) for t, n in self.left.items())
+        val = record["validation"]
+        probe = record["probe"]
+        text = f"lorakit compare: [{self.done}/{self.total}] {trial.describe()}: test {setup.metric} "
+        text += f"{record['test'][setup.metric]:.3f}"
+        text += f" (validation {val[setup.metric]:.3f})" if val else ""
+        text += f", probe questions kept {probe['kept']}/{probe['n_questions']}, ppl {probe['perplexity']:.2f}"
+        text += "; cached" if was_cached else f"; {record['seconds'] / 60:.1f} min"
+        return text + (f"; about {minutes(eta)} left" if self.done < self.total else "")
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def run_compare(setups: list[TaskSetup], methods: list[MethodSpec], budget: Budget, output: Path,
+                model: str | None = None, command: str = "lorakit compare", device: str = "auto",
+                precision: str = "auto", seeds: int | None = None, keep_weights: bool = False) -> Path:  # fmt: skip
+    """Sweep, select and seed every method on every task; writes results.json, report.md and plots into
+    ``output`` and returns the report's path."""
     from lorakit.cli.compare_report import write_report
 
-    output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    print(f"lorakit compare: base model probe ({'quick' if quick else 'default'} run)", flush=True)
-    base_model, tokenizer = load_trained(model, None, None, device, precision)
-    base_probe, keep = probe(base_model, tokenizer, None)
-    results: list[Result] = []
-    setups = [task_setup(t, steps, quick, limit) for t in tasks]
+    n_seeds = seeds or budget.seeds
+    grid = GRID_BUILTIN if model is None else GRID_OTHER
+    rates = {spec.label: spec.rates(grid, budget.rates) for spec in methods}
+    planned = {s.task: sum(len(r) + n_seeds - 1 for r in rates.values()) for s in setups}
+    print(
+        f"lorakit compare: {sum(planned.values())} trials, budget {budget.describe(n_seeds)}; in {output}", flush=True
+    )
+    ctx = Context(output, model, device, precision, keep_weights)
+    keep, base = base_trials(setups, ctx)
+    ctx = Context(output, model, device, precision, keep_weights, keep)
+    progress = Progress(planned)
+    trials: list[dict[str, Any]] = []
+    best: dict[str, dict[str, float]] = {}
+
+    def run(trial: Trial) -> dict[str, Any]:
+        record, was_cached = run_trial(trial, ctx)
+        print(progress.line(trial, record, was_cached, trial.setup), flush=True)
+        trials.append(record)
+        return record
+
     for setup in setups:
-        base = Result(setup.task, "base", "base", 0, 0.0, score=score_task(base_model, tokenizer, setup))
-        base.probe = {**base_probe, "questions": 1.0, "n_questions": len(keep)}
-        results.append(base)
-    del base_model
-    for setup in setups:
+        sweeps = {spec.label: {lr: run(Trial(setup, spec, lr, 0)) for lr in rates[spec.label]} for spec in methods}
+        best[setup.task] = {}
         for spec in methods:
-            folder = output / setup.task / spec.slug
-            print(f"lorakit compare: {setup.task}: training {spec.label} ({setup.steps} steps)", flush=True)
-            result = train_one(spec, setup, model, folder, device, precision)
-            trained, tokenizer = load_trained(model, spec, folder, device, precision)
-            result.score = score_task(trained, tokenizer, setup)
-            result.probe = probe(trained, tokenizer, keep)[0]
-            print(f"lorakit compare: {setup.task}: {spec.label}: {result.score}, probe {result.probe}", flush=True)
-            results.append(result)
-            write_text_atomic(output / "results.json", json.dumps([r.__dict__ for r in results], indent=2) + "\n")
+            sweep = sweeps[spec.label]
+            validation = {lr: r["validation"][setup.metric] for lr, r in sweep.items()}
+            chosen = best_rate(validation, setup.higher_is_better)
+            best[setup.task][spec.label] = chosen
+            for seed in range(1, n_seeds):
+                run(Trial(setup, spec, chosen, seed))
     settings = {
-        "tasks": {s.task: {"steps": s.steps, "batch_size": s.batch_size, "n_test": s.n_test, "n_train": s.n_train,
-                           "data": Path(s.data).name} for s in setups},
-        "methods": [{"label": m.label, "lr": m.lr, **({"lora_alpha": 2 * m.r} if m.method != "full" else {})}
+        "budget": {"name": budget.name, "describe": budget.describe(n_seeds), "seeds": n_seeds},
+        "model": model or "smollm2-135m-instruct (built-in)",
+        "methods": [{"label": m.label, "method": m.method, "rates": list(rates[m.label]),
+                     "swept": len(rates[m.label]) > 1,
+                     **({"r": m.r, "targets": m.targets, "lora_alpha": m.lora_alpha} if m.method != "full" else {})}
                     for m in methods],
-        "model": model or "smollm2-135m-instruct (built-in)", "seed": 0, "quick": quick,
-        "minutes": round((time.perf_counter() - started) / 60, 1),
+        "tasks": {s.task: {"title": s.title, "kind": s.kind, "metric": s.metric, "higher_is_better": s.higher_is_better,
+                           "steps": s.steps, "batch_size": s.batch_size, "seq_len": s.seq_len, "about": s.about}
+                  for s in setups},
+        "minutes_this_run": round((time.perf_counter() - started) / 60, 1),
     }  # fmt: skip
-    return write_report(output, results, settings, machine(), command)
+    payload = {"settings": settings, "machine": machine(), "command": command, "base": base, "best": best,
+               "trials": trials}  # fmt: skip
+    return write_report(output, payload)
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("compare", help="LoRA vs full fine-tuning: task score, forgetting, size, memory, time")
-    p.add_argument("--task", choices=["format", "knowledge", "both"], default="both",
-                   help="format: the contacts task; knowledge: new facts; both")  # fmt: skip
-    p.add_argument("--methods", default=DEFAULT_METHODS, help="comma list: full, lora:r=N[:lr=X]")
-    p.add_argument("--steps", type=positive, help="optimiser steps per method (default: per task)")
-    p.add_argument("--quick", action="store_true", help="a few steps on tiny subsets (for tests)")
+    p = sub.add_parser("compare", help="LoRA vs full fine-tuning: rates swept, seeds, forgetting at equal score")
+    p.add_argument("--task", choices=["format", "knowledge", "both"],
+                   help="the built-in tasks: format (contacts JSON), knowledge (new facts) or both (the "
+                   "default)")  # fmt: skip
+    p.add_argument("--data", help="your own training data (any format lorakit train reads) instead of the built-in "
+                   "tasks; validation (and without --eval-data, test) records are drawn from it")  # fmt: skip
+    p.add_argument("--eval-data", help="with --data: held-out records the report's test scores come from")
+    p.add_argument("--data-format", choices=("auto", *FORMATS), default="auto",
+                   help="record format of --data and --eval-data; auto: read from the first record's keys")  # fmt: skip
+    p.add_argument("--methods", default=DEFAULT_METHODS,
+                   help="comma list of full, lora:r=N[:targets=a+b][:alpha=N][:lr=X or X+Y+Z] "
+                   "(no lr: swept)")  # fmt: skip
+    p.add_argument("--budget", choices=["small", "full"], default="small",
+                   help="small: the sweep at half the steps, one seed; full: the sweep, then 3 seeds at the "
+                   "best rate")  # fmt: skip
+    p.add_argument("--quick", action="store_true", help="2 steps on tiny subsets, 2 rates, 2 seeds (for tests)")
+    p.add_argument("--seeds", type=positive, help="seeds at each method's best rate (default: the budget's)")
+    p.add_argument("--steps", type=positive, help="optimiser steps per trial (default: the budget's, per task)")
     p.add_argument("--limit", type=positive, help="score only the first N test items of each task")
-    p.add_argument("--output", help="folder for report.md, plots and runs (default runs/compare)")
+    p.add_argument("--output", help="folder for the report, plots and cached trials (default runs/compare-BUDGET)")
     p.add_argument("--model", help="base model (default: the built-in SmolLM2-135M-Instruct)")
+    p.add_argument("--keep-weights", action="store_true", help="keep each full fine-tuning trial's model (0.5 GB "
+                   "for the built-in model; adapters are always kept)")  # fmt: skip
     device_flag(p)
     precision_flag(p, "training and scoring")
     p.set_defaults(func=command)
@@ -274,10 +167,29 @@ def add_parser(sub: Any) -> None:
 def command(args: argparse.Namespace) -> int:
     import shlex
 
-    tasks: list[Task] = ["knowledge", "format"] if args.task == "both" else [args.task]
-    output = Path(args.output or ("runs/compare-quick" if args.quick else "runs/compare"))
+    from lorakit.cli.common import offline_unless_hub_reachable
+
+    budget = BUDGETS["quick" if args.quick else args.budget]
+    output = Path(args.output or f"runs/compare-{budget.name}")
+    methods = parse_methods(args.methods)
+    if args.eval_data and not args.data:
+        raise LorakitError("--eval-data is the test split of --data: give --data too")
+    if args.data and args.task:
+        raise LorakitError("--task names a built-in task; with --data the task is your data's")
+    splits = output / "splits"
+    if args.data:
+        offline_unless_hub_reachable(args.data, args.eval_data)
+        setups = [data_setup(args.data, args.eval_data, args.data_format, budget, splits, args.steps, args.limit)]
+    else:
+        tasks = ["knowledge", "format"] if args.task in (None, "both") else [args.task]
+        setups = [builtin_setup(t, budget, splits, args.steps, args.limit) for t in tasks]
     command = "lorakit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "lorakit compare"
-    report = run_compare(tasks, parse_methods(args.methods), args.steps, args.quick, output, args.model, command,
-                         args.limit, args.device, args.precision)  # fmt: skip
+    try:
+        report = run_compare(setups, methods, budget, output, args.model, command, args.device, args.precision,
+                             args.seeds, args.keep_weights)  # fmt: skip
+    except KeyboardInterrupt:
+        print(f"lorakit compare: stopped; the same command continues from the trials kept in {output}/trials",
+              file=sys.stderr)  # fmt: skip
+        raise
     print(f"report and plots in {report.parent}/ ({report.name})")
     return 0
