@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 
-from lorakit.cli import compare_trials, main
+from lorakit.cli import main
 from lorakit.cli.compare import run_compare
-from lorakit.cli.compare_analysis import at_edge, best_rate, equal_score, forgetting_at, frontier, mean_std
-from lorakit.cli.compare_report import BEGIN, END, refresh_docs
-from lorakit.cli.compare_score import answered, probe_questions
-from lorakit.cli.compare_setup import ALL_LINEAR, BUDGETS, MethodSpec, builtin_setup, parse_methods
+from lorakit.cli.compare import trials as compare_trials
+from lorakit.cli.compare.analysis import at_edge, best_rate, equal_score, forgetting_at, frontier, mean_std
+from lorakit.cli.compare.report import BEGIN, END, refresh_docs
+from lorakit.cli.compare.score import answered, probe_questions
+from lorakit.cli.compare.setup import ALL_LINEAR, BUDGETS, MethodSpec, builtin_setup, parse_methods
 from lorakit.data.jsonl import read_jsonl
 from lorakit.errors import LorakitError
 from lorakit.plan import PlanSettings, plan_methods

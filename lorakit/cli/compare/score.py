@@ -26,7 +26,7 @@ from typing import Any
 from lorakit.data.jsonl import read_jsonl
 from lorakit.tasks.knowledge import normalise
 
-BUILTIN = Path(__file__).parents[1] / "tasks" / "builtin"
+BUILTIN = Path(__file__).parents[2] / "tasks" / "builtin"
 PROBE_TEXT = BUILTIN / "probe_text.jsonl"
 PROBE_QUESTIONS = BUILTIN / "probe_questions.jsonl"
 

@@ -1,7 +1,7 @@
 """report.md and the plots of a ``lorakit compare`` run, from its results.json alone (matplotlib, imported on first
 use), so a report can be rebuilt, or a documentation page refreshed, without a model:
 
-    python -m lorakit.cli.compare_report RUN_FOLDER [--docs docs/scalpel-vs-sledgehammer.md]
+    python -m lorakit.cli.compare.report RUN_FOLDER [--docs docs/scalpel-vs-sledgehammer.md]
 
 ``--docs`` copies the report, results.json and plots into ``compare-run/`` beside the page and replaces the part of
 the page between its ``<!-- compare figures -->`` and ``<!-- /compare figures -->`` lines with the figures; the rest
@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lorakit.cli.compare_analysis import at_edge, equal_score, learning, mean_std
+from lorakit.cli.compare.analysis import at_edge, equal_score, learning, mean_std
 from lorakit.files import atomic_write, write_text_atomic
 from lorakit.plan import human
 
@@ -237,7 +237,7 @@ def figures(payload: dict[str, Any], images: str = "", level: int = 2) -> str:
             *[f"- {note}" for note in notes], *([""] if notes else []),
             f"{h3} Forgetting at equal task score", "",
             "Probe perplexity change / probe questions lost, interpolated along each method's curve of rates (its "
-            "Pareto front from the base model) at the same test score (lorakit.cli.compare_analysis):", "",
+            "Pareto front from the base model) at the same test score (lorakit.cli.compare.analysis):", "",
             _equal_table(payload, task), "",
         ]  # fmt: skip
     lines += [f"![{name}]({images}{name})" for name in IMAGES]
@@ -275,7 +275,7 @@ def refresh_docs(run: Path, page: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lorakit.cli.compare_report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lorakit.cli.compare.report", description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path, help="the output folder of a lorakit compare run")
     parser.add_argument("--docs", type=Path, help="a documentation page with a compare figures block to refresh")
     args = parser.parse_args(argv)

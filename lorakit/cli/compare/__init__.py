@@ -3,8 +3,8 @@ forgetting compared at equal task score; on the built-in tasks or on the user's 
 
 For each task, every method is first trained at each rate of its sweep (seed 0) and scored on a validation split
 and on the test split; the rate with the best validation score is then trained on more seeds, and the report
-quotes test scores only (``lorakit.cli.compare_setup`` has the methods, grids and budgets, ``compare_trials`` one
-trial and its cache, ``compare_analysis`` the arithmetic, ``compare_report`` the report). Every trial is cached in
+quotes test scores only (``.setup`` has the methods, grids and budgets, ``.trials`` one
+trial and its cache, ``.analysis`` the arithmetic, ``.report`` the report). Every trial is cached in
 the output folder: the same command continues an interrupted comparison, and adding a method re-uses the rest.
 """
 
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.cli.common import device_flag, positive, precision_flag
-from lorakit.cli.compare_analysis import best_rate
-from lorakit.cli.compare_setup import (
+from lorakit.cli.compare.analysis import best_rate
+from lorakit.cli.compare.setup import (
     BUDGETS,
     DEFAULT_METHODS,
     GRID_BUILTIN,
@@ -32,7 +32,7 @@ from lorakit.cli.compare_setup import (
     data_setup,
     parse_methods,
 )
-from lorakit.cli.compare_trials import Context, Trial, base_trials, run_trial
+from lorakit.cli.compare.trials import Context, Trial, base_trials, run_trial
 from lorakit.data.formats import FORMATS
 from lorakit.errors import LorakitError
 
@@ -85,7 +85,7 @@ def run_compare(setups: list[TaskSetup], methods: list[MethodSpec], budget: Budg
                 precision: str = "auto", seeds: int | None = None, keep_weights: bool = False) -> Path:  # fmt: skip
     """Sweep, select and seed every method on every task; writes results.json, report.md and plots into
     ``output`` and returns the report's path."""
-    from lorakit.cli.compare_report import write_report
+    from lorakit.cli.compare.report import write_report
 
     started = time.perf_counter()
     n_seeds = seeds or budget.seeds

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorakit.cli.compare_score import PROBE_QUESTIONS, PROBE_TEXT, load_model_for_scoring, probe, score
-from lorakit.cli.compare_setup import MethodSpec, TaskSetup
+from lorakit.cli.compare.score import PROBE_QUESTIONS, PROBE_TEXT, load_model_for_scoring, probe, score
+from lorakit.cli.compare.setup import MethodSpec, TaskSetup
 from lorakit.errors import LorakitError
 from lorakit.files import write_text_atomic
 
