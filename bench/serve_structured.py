@@ -39,7 +39,7 @@ from urllib.request import urlopen
 import numpy as np
 import openai
 
-from bench.common import print_table
+from bench.common import RESULTS, print_table
 from bench.mixed_adapters import write_result
 from bench.serve_load import PROMPTS, free_port, make_adapters
 from lorakit.models import BUILTIN_NAME
@@ -208,6 +208,13 @@ def write(name: str, title: str, columns: list[str], rows: list[list[Any]], note
     return path
 
 
+def kept_base_rows() -> list[list[Any]]:
+    """The base model's rows of the existing serve_structured results (for --skip-base)."""
+    path = RESULTS / "serve_structured.json"
+    rows = json.loads(path.read_text(encoding="utf-8"))["rows"] if path.exists() else []
+    return [row for row in rows if str(row[0]).startswith("base")]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--adapter", help="a contacts adapter folder (the demo's); without it, the base rows only")
@@ -220,6 +227,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-contacts", action="store_true")
     parser.add_argument("--skip-load", action="store_true")
     parser.add_argument("--skip-mask", action="store_true")
+    parser.add_argument(
+        "--skip-base",
+        action="store_true",
+        help="adapter rows only; the base rows are kept from the existing results file",
+    )
     args = parser.parse_args(argv)
 
     if not args.skip_mask:
@@ -246,7 +258,8 @@ def main(argv: list[str] | None = None) -> None:
         rows: list[list[Any]] = []
         free: dict[str, float] = {}
         try:
-            for model in [BUILTIN_NAME, *(["contacts"] if args.adapter else [])]:
+            models = [] if args.skip_base and args.adapter else [BUILTIN_NAME]
+            for model in [*models, *(["contacts"] if args.adapter else [])]:
                 for constrained in (False, True):
                     r = contacts(url, model, constrained, args.limit)
                     rate = r["tokens"] / r["seconds"]
@@ -266,6 +279,10 @@ def main(argv: list[str] | None = None) -> None:
                  "json_schema = the contacts schema (name, email, phone, company, city: each a string or null, all "
                  f"required, no others) enforced by xgrammar. Adapter: {args.adapter or 'none given'}. "
                  "Scores by lorakit.tasks.contacts_metrics.")  # fmt: skip
+        if args.skip_base and args.adapter:
+            rows = [*kept_base_rows(), *rows]
+            notes += (" The base rows come from an earlier run of this script (--skip-base): compare seconds and "
+                      "tokens/s within a model, not across.")  # fmt: skip
         path = write("serve_structured", "lorakit serve: what response_format json_schema adds to contacts "
                             "extraction, and what it costs", columns, rows, notes)  # fmt: skip
         print(f"written to {path}")
