@@ -185,8 +185,11 @@ def trained_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     given = os.environ.get("LORAKIT_TRAINED_ADAPTER")
     if given:
         return Path(given)
+    # The demo's adapter (lorakit train's defaults on the built-in task, 240 steps, ~7 min on 2 cores). A 60-step
+    # adapter is too unsure of its answers for the greedy comparison: Q4_1's rounding flipped 23 of 100 replies
+    # (exact_match 0.34 in lorakit, 0.40 in llama.cpp), where the demo's adapter gives 0.81 on both sides.
     out = tmp_path_factory.mktemp("trained") / "run"
-    subprocess.run([sys.executable, "-m", "lorakit", "train", "--max-steps", "60", "--output", str(out)], check=True)
+    subprocess.run([sys.executable, "-m", "lorakit", "train", "--output", str(out)], check=True)
     return out
 
 
