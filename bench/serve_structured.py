@@ -34,14 +34,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.request import urlopen
 
 import numpy as np
 import openai
 
 from bench.common import RESULTS, print_table
 from bench.mixed_adapters import write_result
-from bench.serve_load import PROMPTS, free_port, make_adapters
+from bench.serve_load import PROMPTS, launch, make_adapters
 from lorakit.models import BUILTIN_NAME
 from lorakit.tasks.contacts import KEYS, load, reference_of
 from lorakit.tasks.contacts_metrics import score_all
@@ -56,20 +55,7 @@ CONTACTS_CLIENTS = 16
 
 
 def start_server(flags: list[str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "lorakit", "serve", "--port", str(port), *flags])
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with code {proc.returncode}")
-        try:
-            with urlopen(url + "/health", timeout=2):
-                return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.terminate()
-    raise SystemExit("the server did not come up within 600 s")
+    return launch(flags, wait_s=600)
 
 
 def peak_rss_mb(pid: int) -> float:
