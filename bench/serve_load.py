@@ -70,13 +70,16 @@ def start_server(
     adapters: dict[str, Path], max_batch: int, max_tokens: int, extra: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen[bytes], str]:
     """``lorakit serve`` with ``adapters`` on a free loopback port (``extra``: more flags, e.g. --model, --device)."""
-    port = free_port()
     flags = [f"--adapter={name}={folder}" for name, folder in adapters.items()]
-    command = [sys.executable, "-m", "lorakit", "serve", *flags, "--port", str(port), "--max-batch", str(max_batch),
-               "--max-new-tokens", str(max_tokens), *extra]  # fmt: skip
-    proc = subprocess.Popen(command)
+    return launch([*flags, "--max-batch", str(max_batch), "--max-new-tokens", str(max_tokens), *extra])
+
+
+def launch(flags: list[str], wait_s: float = 300) -> tuple[subprocess.Popen[bytes], str]:
+    """``lorakit serve FLAGS`` on a free loopback port, once its /health answers (at most ``wait_s``)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "lorakit", "serve", *flags, "--port", str(port)])
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"the server exited with code {proc.returncode}")
@@ -86,7 +89,7 @@ def start_server(
         except OSError:
             time.sleep(0.5)
     proc.terminate()
-    raise SystemExit("the server did not come up within 300 s")
+    raise SystemExit(f"the server did not come up within {wait_s:.0f} s")
 
 
 def run_load(url: str, models: list[str], clients: int, requests: int, max_tokens: int) -> dict[str, Any]:

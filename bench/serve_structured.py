@@ -34,14 +34,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.request import urlopen
 
 import numpy as np
 import openai
 
-from bench.common import print_table
+from bench.common import RESULTS, print_table
 from bench.mixed_adapters import write_result
-from bench.serve_load import PROMPTS, free_port, make_adapters
+from bench.serve_load import PROMPTS, launch, make_adapters
 from lorakit.models import BUILTIN_NAME
 from lorakit.tasks.contacts import KEYS, load, reference_of
 from lorakit.tasks.contacts_metrics import score_all
@@ -56,20 +55,7 @@ CONTACTS_CLIENTS = 16
 
 
 def start_server(flags: list[str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "lorakit", "serve", "--port", str(port), *flags])
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with code {proc.returncode}")
-        try:
-            with urlopen(url + "/health", timeout=2):
-                return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.terminate()
-    raise SystemExit("the server did not come up within 600 s")
+    return launch(flags, wait_s=600)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -208,6 +194,13 @@ def write(name: str, title: str, columns: list[str], rows: list[list[Any]], note
     return path
 
 
+def kept_base_rows() -> list[list[Any]]:
+    """The base model's rows of the existing serve_structured results (for --skip-base)."""
+    path = RESULTS / "serve_structured.json"
+    rows = json.loads(path.read_text(encoding="utf-8"))["rows"] if path.exists() else []
+    return [row for row in rows if str(row[0]).startswith("base")]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--adapter", help="a contacts adapter folder (the demo's); without it, the base rows only")
@@ -220,6 +213,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-contacts", action="store_true")
     parser.add_argument("--skip-load", action="store_true")
     parser.add_argument("--skip-mask", action="store_true")
+    parser.add_argument(
+        "--skip-base",
+        action="store_true",
+        help="adapter rows only; the base rows are kept from the existing results file",
+    )
     args = parser.parse_args(argv)
 
     if not args.skip_mask:
@@ -246,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
         rows: list[list[Any]] = []
         free: dict[str, float] = {}
         try:
-            for model in [BUILTIN_NAME, *(["contacts"] if args.adapter else [])]:
+            models = [] if args.skip_base and args.adapter else [BUILTIN_NAME]
+            for model in [*models, *(["contacts"] if args.adapter else [])]:
                 for constrained in (False, True):
                     r = contacts(url, model, constrained, args.limit)
                     rate = r["tokens"] / r["seconds"]
@@ -266,6 +265,10 @@ def main(argv: list[str] | None = None) -> None:
                  "json_schema = the contacts schema (name, email, phone, company, city: each a string or null, all "
                  f"required, no others) enforced by xgrammar. Adapter: {args.adapter or 'none given'}. "
                  "Scores by lorakit.tasks.contacts_metrics.")  # fmt: skip
+        if args.skip_base and args.adapter:
+            rows = [*kept_base_rows(), *rows]
+            notes += (" The base rows come from an earlier run of this script (--skip-base): compare seconds and "
+                      "tokens/s within a model, not across.")  # fmt: skip
         path = write("serve_structured", "lorakit serve: what response_format json_schema adds to contacts "
                             "extraction, and what it costs", columns, rows, notes)  # fmt: skip
         print(f"written to {path}")

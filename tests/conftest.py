@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import io
 import os
+import subprocess
+import sys
 
 import pytest
 from hypothesis import settings
@@ -67,3 +70,22 @@ def small_chat_data(tmp_path_factory):
     path = folder / "train.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    """``lorakit ARGS`` through lorakit.cli.main in this process, as a CompletedProcess: no interpreter start-up to
+    pay per command where a subprocess would prove nothing more (stdin from ``stdin=``)."""
+    from lorakit.cli import main
+
+    def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse's errors
+            code = int(exit_.code or 0)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out, err)
+
+    return run

@@ -71,8 +71,8 @@ def test_trl_and_peft_names_are_aliases() -> None:
     ("argv", "expected"),
     [
         (
-            ["compare", "--data", "x"],
-            "compare: unknown flag --data: lorakit compare has no --data (train, eval take it)",
+            ["plan", "--data", "x"],
+            "plan: unknown flag --data: lorakit plan has no --data (train, eval, compare take it)",
         ),
         (["train", "--lora-rnk", "4"], "train: unknown flag --lora-rnk (did you mean --lora-rank?)"),
         (["eval", "--adaptor", "x"], "eval: unknown flag --adaptor (did you mean --adapter?)"),

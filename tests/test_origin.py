@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -14,21 +16,18 @@ from lorakit.errors import LorakitError
 from lorakit.origin import adapter_origin, check_same_base, recorded_name, same_base
 from lorakit.tasks.contacts import SYSTEM_PROMPT
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _lorakit(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lorakit", *args], capture_output=True, text=True, timeout=600,
-                          cwd=ROOT, env=env, input=stdin)  # fmt: skip
-
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_model_dir: Path, small_chat_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-step lorakit train run on the tiny model with the contacts examples (which share one system prompt)."""
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    done = _lorakit("train", "--model", str(tiny_model_dir), "--data", str(small_chat_data), "--output", str(out),
-                    "--max-steps", "2", "--batch-size", "4", "--r", "4", "--precision", "fp32")  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    from lorakit.cli import main
+
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        code = main(["train", "--model", str(tiny_model_dir), "--data", str(small_chat_data), "--output", str(out),
+                     "--max-steps", "2", "--batch-size", "4", "--r", "4", "--precision", "fp32"])  # fmt: skip
+    assert code == 0, log.getvalue()
     return out
 
 
@@ -41,17 +40,19 @@ def test_a_run_records_its_base_and_system_prompt(tiny_run: Path, tiny_model_dir
     assert origin.base_for("other") == "other"  # --model overrides
 
 
-def test_commands_load_the_adapters_base_and_system_prompt_by_themselves(tiny_run: Path, tmp_path: Path) -> None:
+def test_commands_load_the_adapters_base_and_system_prompt_by_themselves(
+    tiny_run: Path, tmp_path: Path, run_cli
+) -> None:
     # The tiny adapter's shapes fit no other model: these succeed only on the recorded base.
-    done = _lorakit("generate", "--adapter", str(tiny_run), "--prompt", "hi", "--max-new-tokens", "3")
+    done = run_cli("generate", "--adapter", str(tiny_run), "--prompt", "hi", "--max-new-tokens", "3")
     assert done.returncode == 0, done.stderr
     assert "base model" in done.stderr and "system prompt it was trained with" in done.stderr
-    done = _lorakit("merge", "--adapter", str(tiny_run), "--output", str(tmp_path / "merged"))
+    done = run_cli("merge", "--adapter", str(tiny_run), "--output", str(tmp_path / "merged"))
     assert done.returncode == 0, done.stderr
-    done = _lorakit("chat", "--adapter", str(tiny_run), "--system", "", "--max-new-tokens", "2", stdin="hi\n/exit\n")
+    done = run_cli("chat", "--adapter", str(tiny_run), "--system", "", "--max-new-tokens", "2", stdin="hi\n/exit\n")
     assert done.returncode == 0 and "system prompt" not in done.stderr, done.stderr  # --system '' : none
     # --model still overrides; a base of other shapes is the one-line error it always was
-    done = _lorakit("generate", "--adapter", str(tiny_run), "--model", "smollm2-135m-instruct", "--prompt", "hi")
+    done = run_cli("generate", "--adapter", str(tiny_run), "--model", "smollm2-135m-instruct", "--prompt", "hi")
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("lorakit: error:"), done.stderr
     assert "adapter_model.safetensors" in done.stderr.splitlines()[-1]  # the adapter does not fit that base
 
@@ -86,7 +87,9 @@ def test_names_and_comparisons(tiny_model_dir: Path) -> None:
 
 
 @pytest.mark.integration
-def test_builtin_run_card_and_peft_resolves_its_base_from_the_hub_name(tmp_path: Path, small_chat_data: Path) -> None:
+def test_builtin_run_card_and_peft_resolves_its_base_from_the_hub_name(
+    tmp_path: Path, small_chat_data: Path, run_cli
+) -> None:
     """A built-in run records the Hub name; peft's AutoPeftModelForCausalLM loads base + adapter from the run folder
     alone, on a machine where that name resolves: here an offline Hub cache (HF_HOME) whose snapshot of the model
     holds the built-in copy's files, made in the test from builtin_model_dir()."""
@@ -97,8 +100,8 @@ def test_builtin_run_card_and_peft_resolves_its_base_from_the_hub_name(tmp_path:
     from lorakit.models import BUILTIN_HUB_ID, builtin_model_dir
 
     run = tmp_path / "run"
-    done = _lorakit("train", "--data", str(small_chat_data), "--output", str(run), "--max-steps", "1",
-                    "--batch-size", "2", "--precision", "fp32")  # fmt: skip
+    done = run_cli("train", "--data", str(small_chat_data), "--output", str(run), "--max-steps", "1",
+                   "--batch-size", "2", "--precision", "fp32")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"] == BUILTIN_HUB_ID
     card = ModelCard.load(run / "README.md")

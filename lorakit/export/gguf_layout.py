@@ -17,13 +17,16 @@ tensor-name table):
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from lorakit.errors import LorakitError
+from lorakit.files import atomic_write
 
 GGUFDtype = Literal["fp32", "fp16", "bf16", "q8_0"]
 GGUF_DTYPES: tuple[GGUFDtype, ...] = ("fp32", "fp16", "bf16", "q8_0")
@@ -115,6 +118,30 @@ def encode(name: str, tensor: torch.Tensor, dtype: GGUFDtype) -> tuple[np.ndarra
     if qtype == gguf.GGMLQuantizationType.Q8_0 and data.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
         qtype = gguf.GGMLQuantizationType.F16
     return gguf.quants.quantize(data, qtype), qtype
+
+
+def write_gguf(
+    path: Path, header: Callable[[Any], None], tensors: Iterable[tuple[str, torch.Tensor]], dtype: GGUFDtype
+) -> Path:
+    """A Llama GGUF file written atomically: ``header(writer)`` adds the metadata (and any tensor that must come
+    first), then each of ``tensors`` is encoded in ``dtype``'s rules."""
+    import gguf
+
+    def write(tmp: str) -> None:
+        writer = gguf.GGUFWriter(tmp, arch="llama")
+        header(writer)
+        for tensor_name, tensor in tensors:
+            data, qtype = encode(tensor_name, tensor, dtype)
+            writer.add_tensor(tensor_name, data, raw_dtype=qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, write)
+    return path
 
 
 def file_type(dtype: GGUFDtype) -> Any:

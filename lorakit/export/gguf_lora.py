@@ -28,8 +28,7 @@ import torch
 
 from lorakit.config import AdapterConfig, IA3Config, LoraConfig
 from lorakit.errors import LorakitError
-from lorakit.export.gguf_layout import GGUFDtype, LlamaLayout, encode, gguf_name, permute_rows, rope_heads
-from lorakit.files import atomic_write
+from lorakit.export.gguf_layout import GGUFDtype, LlamaLayout, gguf_name, permute_rows, rope_heads, write_gguf
 from lorakit.io import PREFIX
 
 MERGE_HINT = "export the merged model instead: lorakit export --format gguf --merge"
@@ -148,23 +147,12 @@ def write_lora_gguf(
     """Write the LoRA GGUF file with the metadata llama.cpp's converter writes (architecture, type, alpha)."""
     import gguf
 
-    def write(tmp: str) -> None:
-        writer = gguf.GGUFWriter(tmp, arch="llama")
+    def header(writer: Any) -> None:
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         if name:
             writer.add_name(name)
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        for tensor_name, tensor in tensors.items():
-            data, qtype = encode(tensor_name, tensor, dtype)
-            writer.add_tensor(tensor_name, data, raw_dtype=qtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, write)
-    return path
+    return write_gguf(path, header, tensors.items(), dtype)

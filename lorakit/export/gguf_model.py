@@ -23,8 +23,15 @@ from typing import Any
 import torch
 
 from lorakit.errors import LorakitError
-from lorakit.export.gguf_layout import GGUFDtype, LlamaLayout, encode, file_type, gguf_name, permute_rows, rope_heads
-from lorakit.files import atomic_write
+from lorakit.export.gguf_layout import (
+    GGUFDtype,
+    LlamaLayout,
+    file_type,
+    gguf_name,
+    permute_rows,
+    rope_heads,
+    write_gguf,
+)
 
 AddVocab = Callable[[Any], None]
 """Writes the ``tokenizer.*`` fields into a ``gguf.GGUFWriter``."""
@@ -129,8 +136,7 @@ def write_model_gguf(
     layout = LlamaLayout.from_config(config, "the base model's config")
     factors = llama3_rope_factors(config)
 
-    def write(tmp: str) -> None:
-        writer = gguf.GGUFWriter(tmp, arch="llama")
+    def header(writer: Any) -> None:
         writer.add_type(gguf.GGUFType.MODEL)
         writer.add_name(name)
         for method, value in hparams(config):
@@ -140,18 +146,8 @@ def write_model_gguf(
         add_vocab(writer)
         if factors is not None:
             writer.add_tensor("rope_freqs.weight", factors.numpy())
-        for tensor_name, tensor in model_tensors(state, layout):
-            data, qtype = encode(tensor_name, tensor, dtype)
-            writer.add_tensor(tensor_name, data, raw_dtype=qtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, write)
-    return path
+    return write_gguf(path, header, model_tensors(state, layout), dtype)
 
 
 def vocab_from_gguf(source: Path) -> AddVocab:

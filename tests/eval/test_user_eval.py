@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from lorakit.eval.metrics import score_replies, token_f1
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_metrics_against_hand_computed_values() -> None:
@@ -29,12 +25,7 @@ def test_metrics_against_hand_computed_values() -> None:
     assert [r["field_accuracy"] for r in rows] == [1.0, 0.5, 0.0]
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lorakit", *args], capture_output=True, text=True, timeout=900,
-                          cwd=ROOT)  # fmt: skip
-
-
-def test_eval_of_an_adapter_on_a_hand_made_chat_file(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_eval_of_an_adapter_on_a_hand_made_chat_file(tiny_model_dir: Path, tmp_path: Path, run_cli) -> None:
     records = [
         {"messages": [{"role": "user", "content": f"Colour of item {i}?"},
                       {"role": "assistant", "content": json.dumps({"item": i, "colour": "red"})}]}
@@ -43,11 +34,11 @@ def test_eval_of_an_adapter_on_a_hand_made_chat_file(tiny_model_dir: Path, tmp_p
     data = tmp_path / "mine.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
     run = tmp_path / "run"
-    done = _run("train", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(run), "--max-steps", "3",
-                "--batch-size", "3", "--r", "4", "--lr", "1e-2", "--precision", "fp32")  # fmt: skip
+    train = ["--model", str(tiny_model_dir), "--data", str(data), "--output", str(run), "--max-steps", "3"]
+    done = run_cli("train", *train, "--batch-size", "3", "--r", "4", "--lr", "1e-2", "--precision", "fp32")
     assert done.returncode == 0, done.stderr
     out = tmp_path / "eval.json"
-    done = _run("eval", "--adapter", str(run), "--data", str(data), "--output", str(out), "--max-new-tokens", "6")
+    done = run_cli("eval", "--adapter", str(run), "--data", str(data), "--output", str(out), "--max-new-tokens", "6")
     assert done.returncode == 0, done.stderr
     table = done.stdout.splitlines()
     assert table[0] == "| model | n | exact_match | token_f1 | rouge_l | json_valid | field_accuracy |"
@@ -63,9 +54,9 @@ def test_eval_of_an_adapter_on_a_hand_made_chat_file(tiny_model_dir: Path, tmp_p
         assert [p["rouge_l"] for p in predictions] == [r["rouge_l"] for r in rows]
 
 
-def test_text_data_picks_the_loss_task(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_text_data_picks_the_loss_task(tiny_model_dir: Path, tmp_path: Path, run_cli) -> None:
     data = tmp_path / "text.jsonl"
     data.write_text("".join(json.dumps({"text": f"Line number {i} of a story."}) + "\n" for i in range(4)))
-    done = _run("eval", "--model", str(tiny_model_dir), "--data", str(data))
+    done = run_cli("eval", "--model", str(tiny_model_dir), "--data", str(data))
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == "| model | n | tokens | loss | perplexity |"

@@ -6,6 +6,7 @@ tokenizer, and that file's values de-quantised."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,12 @@ import lorakit
 from lorakit.cli import main
 from lorakit.export.gguf_model import llama3_rope_factors
 from tests.tiny import randomize_lora_b
+
+
+@functools.cache
+def _read(path: Path) -> gguf.GGUFReader:
+    """One parse per file: reading a GGUF's 49,152-token vocabulary in Python takes seconds."""
+    return gguf.GGUFReader(path)
 
 
 def _fields(reader: gguf.GGUFReader) -> dict[str, Any]:
@@ -52,7 +59,7 @@ def merged(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
 
 def test_merged_tensors_are_the_merged_weights_in_llama_cpps_layout(merged) -> None:
     path, weights = merged
-    files = _tensors(gguf.GGUFReader(path))
+    files = _tensors(_read(path))
     expected_names = {"token_embd.weight", "output_norm.weight"} | {
         f"blk.{i}.{n}.weight" for i in range(2) for n in ("attn_norm", "ffn_norm", "attn_q", "attn_k", "attn_v",
                                                           "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -70,7 +77,7 @@ def test_merged_tensors_are_the_merged_weights_in_llama_cpps_layout(merged) -> N
 
 def test_merged_file_metadata_and_tokenizer(merged, smollm2_tokenizer) -> None:
     path, _ = merged
-    fields = _fields(gguf.GGUFReader(path))
+    fields = _fields(_read(path))
     assert {k: fields[k] for k in fields if k.startswith(("general.", "llama."))} == {
         "general.architecture": "llama", "general.type": "model", "general.name": fields["general.name"],
         "general.file_type": 0, "general.quantization_version": 2,
@@ -111,7 +118,7 @@ def test_merged_q8_0_types_follow_the_converters_rules(tiny_model_dir: Path, mer
             want = T.F16  # rows of 48: not a multiple of Q8_0's 32-block, so F16 as in llama.cpp's converter
         assert t.tensor_type == want, t.name
     assert _fields(reader)["general.file_type"] == gguf.LlamaFileType.MOSTLY_Q8_0
-    exact = _tensors(gguf.GGUFReader(path))
+    exact = _tensors(_read(path))
     for name, value in _tensors(reader).items():
         np.testing.assert_allclose(value, exact[name], rtol=0, atol=1e-2 * np.abs(exact[name]).max())
 
@@ -132,7 +139,7 @@ def test_llama3_rope_factors_match_transformers() -> None:
     torch.testing.assert_close(plain / factors.double(), scaled.double(), rtol=1e-6, atol=0)
 
 
-@pytest.mark.integration
+@pytest.mark.slow  # the built-in model written whole (~40 s): make test-extra, run by .ci/run
 def test_builtin_base_as_gguf_equals_its_original_file(tmp_path: Path) -> None:
     """A zero adapter merged into the built-in model and written at fp32 is the original Q4_1 file de-quantised:
     same tensor names, shapes and values, same hyper-parameters, same tokenizer fields."""

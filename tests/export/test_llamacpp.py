@@ -39,18 +39,36 @@ SDIST = Path(
     or Path.home() / ".cache" / "lorakit-wheels" / "llama_cpp_python-0.3.36.tar.gz"
 )
 CONVERTER_PARTS = ("convert_lora_to_gguf.py", "convert_hf_to_gguf.py", "conversion/", "gguf-py/")
-THREADS = min(4, os.cpu_count() or 1)
+# LORAKIT_LLAMA_THREADS=1 on a shared machine: llama.cpp's threads spin-wait for each other, and a busy machine
+# then takes minutes per reply.
+THREADS = int(os.environ.get("LORAKIT_LLAMA_THREADS", min(4, os.cpu_count() or 1)))
 # float32 llama.cpp (float32 KV cache) against float32 torch on the built-in model measured 1.4e-4 at most.
 F32_LOGIT_TOLERANCE = 1e-3
 
 
 @pytest.fixture(scope="session")
-def llama_cpp() -> Any:
+def llama_cpp() -> Iterator[Any]:
+    """llama-cpp-python, with llama.cpp's extra CPU buffer types (weight repacking) off, as llama-cli's --no-repack.
+
+    On a CPU with AMX, llama.cpp 0.3.36 (this build) repacks the Q4_1 weights into its AMX buffers and then crashes
+    (SIGSEGV in llama_decode) on the built-in Q4_1 file, with or without an adapter and with llama.cpp's own
+    converter's adapter as well ("lora for 'blk.9.ffn_up.weight' cannot use buft 'AMX'"); without repacking both
+    run, and give the same logits. The crash is llama.cpp's, not the exported file's; docs/export.md says so."""
     try:
         import llama_cpp
+        import llama_cpp.llama as llama_module
     except ImportError:
         pytest.fail("llama-cpp-python is not installed: `make test-llamacpp` builds and installs it")
-    return llama_cpp
+    default_params = llama_module.llama_cpp.llama_model_default_params
+
+    def no_repacking() -> Any:
+        params = default_params()
+        params.use_extra_bufts = False
+        return params
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(llama_module.llama_cpp, "llama_model_default_params", no_repacking)
+        yield llama_cpp
 
 
 @pytest.fixture(scope="session")
@@ -167,8 +185,11 @@ def trained_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     given = os.environ.get("LORAKIT_TRAINED_ADAPTER")
     if given:
         return Path(given)
+    # The demo's adapter (lorakit train's defaults on the built-in task, 240 steps, ~7 min on 2 cores). A 60-step
+    # adapter is too unsure of its answers for the greedy comparison: Q4_1's rounding flipped 23 of 100 replies
+    # (exact_match 0.34 in lorakit, 0.40 in llama.cpp), where the demo's adapter gives 0.81 on both sides.
     out = tmp_path_factory.mktemp("trained") / "run"
-    subprocess.run([sys.executable, "-m", "lorakit", "train", "--max-steps", "60", "--output", str(out)], check=True)
+    subprocess.run([sys.executable, "-m", "lorakit", "train", "--output", str(out)], check=True)
     return out
 
 
@@ -187,6 +208,7 @@ def pattern_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random adapter on the built-in model that needs everything the LoRA export does: q/k permutation, rsLoRA's
     equivalent alpha, and rank/alpha patterns folded into B."""
     model, _ = lorakit.load_model()
+    torch.manual_seed(0)  # A's init
     config = lorakit.LoraConfig(r=8, lora_alpha=16, use_rslora=True, target_modules="all-linear",
                                 rank_pattern={"v_proj": 4, "layers.3.mlp.down_proj": 16},
                                 alpha_pattern={"o_proj": 4.0, "layers.7.self_attn.q_proj": 40.0})  # fmt: skip
@@ -328,6 +350,33 @@ def test_llama3_rope_scaling_runs_as_in_transformers(llama_cpp, tiny_model_dir: 
     np.testing.assert_allclose(llama_cpp_logits(llama_cpp, merged, tokens), reference, atol=1e-4)
 
 
+def test_why_tied_embeddings_are_refused(tmp_path: Path) -> None:
+    """The refusal guards against this: an embedding update for a model whose head is tied to the embedding makes
+    llama.cpp abort (it runs the head through the embedding's tensor, so it applies the transposed update there too).
+    If a llama.cpp release stops aborting, this test fails and the refusal can be revisited."""
+    import dataclasses
+
+    from lorakit.export.gguf_layout import LlamaLayout
+    from lorakit.export.gguf_lora import lora_gguf_tensors, write_lora_gguf
+    from lorakit.io import read_adapter_config, read_adapter_weights
+    from lorakit.models import builtin_model_dir
+
+    model, _ = lorakit.load_model()
+    lorakit.add_adapter(model, lorakit.LoraConfig(r=4, target_modules=["embed_tokens"]))
+    folder = lorakit.save_adapter(model, tmp_path / "adapter")
+    config = json.loads((builtin_model_dir() / "config.json").read_text())
+    untied = dataclasses.replace(LlamaLayout.from_config(config, "built-in"), tied=False)  # around the refusal
+    alpha, tensors = lora_gguf_tensors(read_adapter_config(folder), read_adapter_weights(folder), untied, "test")
+    write_lora_gguf(tmp_path / "embed.gguf", alpha, tensors, "fp32")
+    script = (
+        "import llama_cpp, sys; llm = llama_cpp.Llama(model_path=sys.argv[1], lora_path=sys.argv[2], n_ctx=64, "
+        "verbose=False); llm.create_completion('Hello', max_tokens=2)"
+    )
+    run = subprocess.run([sys.executable, "-c", script, str(builtin_gguf()), str(tmp_path / "embed.gguf")],
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode != 0 and "GGML_ASSERT(ggml_can_mul_mat(a, b))" in run.stderr
+
+
 # ---------------------------------------------------------------- greedy answers agree with lorakit eval
 
 
@@ -346,8 +395,8 @@ def test_greedy_answers_on_the_q4_1_base_score_as_lorakit_eval(llama_cpp, traine
     """100 held-out contacts messages: llama.cpp with the exported LoRA on the built-in Q4_1 file against
     ``lorakit eval`` of the same adapter; exact_match within 0.02."""
     out = tmp_path / "m.json"
-    assert main(["eval", "--adapter", str(trained_adapter), "--limit", "100", "--output", str(out)]) == 0
-    ours = json.loads(out.read_text())
+    assert main(["eval", "--adapter", str(trained_adapter), "--limit", "100", "--no-base", "--output", str(out)]) == 0
+    ours = json.loads(out.read_text())  # --no-base: the adapter's run alone, flat
     records = read_jsonl(str(builtin_path("eval")))[:100]
     _, tokenizer = lorakit.load_model()
     longest = max(len(tokenizer(r["messages"][-1]["content"], add_special_tokens=False)["input_ids"]) for r in records)
