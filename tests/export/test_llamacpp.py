@@ -3,7 +3,7 @@ converter (``convert_lora_to_gguf.py`` from the same source distribution).
 
 Run with ``make test-llamacpp`` (``-m llamacpp``); ``-rP`` shows the measured differences these tests print.
 ``LORAKIT_TRAINED_ADAPTER``: an adapter trained on the built-in model to use instead of training one here
-(``lorakit train --max-steps 60``, a few minutes on 2 cores).
+(the demo's `lorakit train` defaults, 240 steps: about 10 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -290,11 +290,20 @@ def test_lora_gguf_on_the_q4_1_original(llama_cpp, trained_adapter, prompt, refe
     the activations to 8 bits: the difference is that of the base alone, not the adapter's."""
     lora = export(trained_adapter, tmp_path / "adapter.gguf")
     want, base = reference(trained_adapter, prompt), reference(None, prompt)
-    floor = _report("Q4_1 original alone vs lorakit base", llama_cpp_logits(llama_cpp, builtin_gguf(), prompt), base)
+    q4_base = llama_cpp_logits(llama_cpp, builtin_gguf(), prompt)
+    floor = _report("Q4_1 original alone vs lorakit base", q4_base, base)
     got = llama_cpp_logits(llama_cpp, builtin_gguf(), prompt, lora)
     diff = _report("Q4_1 original + LoRA GGUF vs lorakit (unmerged)", got, want, want - base)
     assert diff < 2 * floor + F32_LOGIT_TOLERANCE
-    assert float((got.argmax(-1) == want.argmax(-1)).mean()) > 0.95
+
+    def agreement(a: np.ndarray, b: np.ndarray) -> float:
+        return float((a.argmax(-1) == b.argmax(-1)).mean())
+
+    # Q4_1's rounding alone flips some greedy tokens (0.951 of positions agree for the base): the adapter may add a
+    # few flips of its own rounding (0.931 with the demo's adapter, 2 of 102 positions more), not the adapter's
+    # effect, which without the LoRA file leaves far fewer positions agreeing.
+    assert agreement(got, want) > agreement(q4_base, base) - 0.05
+    assert agreement(q4_base, want) < agreement(got, want) - 0.2, "the LoRA file changes llama.cpp's greedy tokens"
 
 
 def test_merged_gguf_gives_lorakits_logits(llama_cpp, pattern_adapter, prompt, reference, tmp_path: Path) -> None:
