@@ -144,3 +144,15 @@ def test_dense_workload_is_fixed_length_rows_with_a_loss_on_almost_every_token(s
     assert all(bool((batch[k] == again[k]).all()) for k in batch), "deterministic"
     text = smollm2_tokenizer.decode(batch["input_ids"][0])
     assert "What language is spoken on" in text or "invented" in text or "capital" in text
+
+
+@pytest.mark.slow  # the built-in model, generating at length (~20 s)
+def test_generate_speed_compares_both_paths_on_the_same_replies(tmp_path: Path) -> None:
+    from bench import generate_speed
+
+    path = generate_speed.main(["--limit", "3", "--batch-size", "3", "--rounds", "1", "--out", str(tmp_path)])
+    data = json.loads(path.read_text())
+    assert set(data) == KEYS
+    assert [row[0] for row in data["rows"]] == ["transformers generate", "lorakit greedy loop"]
+    assert all(row[2] > 0 for row in data["rows"]), "examples/s"
+    assert "Identical replies: " in data["notes"] and "of 3." in data["notes"]
