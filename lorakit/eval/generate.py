@@ -89,22 +89,24 @@ def greedy_ids(
     device = next(model.parameters()).device
     pad = pad_id if pad_id is not None else 0
     # the prompt's logits are only needed at its last position (transformers models since 4.45; others get all)
-    last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    params = inspect.signature(model.forward).parameters
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5.x renames it
     n_shared = shared_prefix(prompts)
     cache = DynamicCache(config=model.config)  # the model's own layer kinds (sliding-window layers stay so)
     replies: list[list[int]] = [[] for _ in prompts]
     with torch.no_grad():
         if n_shared:
-            model(input_ids=torch.tensor([prompts[0][:n_shared]], device=device), past_key_values=cache,
-                  use_cache=True, **last_only)  # fmt: skip
+            model(input_ids=torch.tensor([prompts[0][:n_shared]], device=device), use_cache=True,
+                  **{cache_arg: cache}, **last_only)  # fmt: skip
             cache.batch_repeat_interleave(len(prompts))  # (1, ...) -> (B, ...)
         own = _left_pad([p[n_shared:] for p in prompts], pad)
         ids, own_mask = own["input_ids"].to(device), own["attention_mask"].to(device)  # (B, S)
         # [shared prefix | left padding | the row's own tokens]; positions count real tokens only
         mask = torch.cat([own_mask.new_ones(len(prompts), n_shared), own_mask], dim=1)  # (B, n_shared + S)
         positions = (n_shared + own_mask.cumsum(1) - 1).masked_fill(own_mask == 0, 1)  # (B, S)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                       use_cache=True, **last_only).logits  # fmt: skip
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                       **{cache_arg: cache}, **last_only).logits  # fmt: skip
         rows = torch.arange(len(prompts), device=device)  # the prompts still decoding, in batch order
         last = positions[:, -1]  # (B,) each row's last position
         for step in range(max_new_tokens):
@@ -121,7 +123,7 @@ def greedy_ids(
             mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
             last = last + 1
             logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=last[:, None],
-                           past_key_values=cache, use_cache=True).logits  # fmt: skip
+                           use_cache=True, **{cache_arg: cache}).logits  # fmt: skip
     return replies
 
 
