@@ -32,6 +32,7 @@ from lorakit.data.batching import collate
 from lorakit.data.tokenize import TokenizedExample
 from lorakit.errors import LorakitError
 from lorakit.loss import IGNORE_INDEX, token_loss_sum
+from lorakit.models import needs_loss_scaling
 
 T = TypeVar("T")
 
@@ -168,6 +169,20 @@ class Processes:
         )
         ddp.register_comm_hook(self, _sum_and_count)
         return ddp
+
+    def loss_scaler(self, dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler | None:
+        """fp16 training's dynamic loss scaling: the loss is multiplied by 2^16 before the backward (small gradients
+        stay above fp16's underflow), the gradients are divided back before clipping, a step whose gradients
+        overflow is skipped and the scale halved, and the scale doubles after 2000 good steps. None for bf16 and
+        fp32, whose exponent range is fp32's. Under FSDP2 each rank holds a shard of the gradients, so an overflow
+        found on one rank is shared with all (``ShardedGradScaler``)."""
+        if not needs_loss_scaling(dtype):
+            return None
+        if self.fsdp and self.world > 1:
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+            return ShardedGradScaler(device.type)
+        return torch.amp.GradScaler(device.type)
 
     def accumulate(self, module: nn.Module, sync: bool) -> contextlib.AbstractContextManager[Any]:
         """Within a step's micro-batches, communicate gradients only after the last one."""

@@ -42,7 +42,7 @@ from lorakit.errors import LorakitError
 from lorakit.io import save_adapter
 from lorakit.loss import autocast, label_count, mean_token_loss
 from lorakit.memory import peak_gpu_mb, peak_rss_mb
-from lorakit.models import describe_device, needs_loss_scaling, precision_name, resolve_precision
+from lorakit.models import describe_device, precision_name, resolve_precision
 from lorakit.train.attention import fp32_attention
 from lorakit.train.checkpoint import read_checkpoint, save_checkpoint
 from lorakit.train.compile import CompiledLayers
@@ -182,7 +182,7 @@ class Trainer:
             model.to(self.procs.device())
         self.device = next(model.parameters()).device
         self.autocast = resolve_precision(config.precision, self.device)
-        self.scaler = _loss_scaler(self.autocast, self.device, self.procs)  # fp16 only: dynamic loss scaling
+        self.scaler = self.procs.loss_scaler(self.autocast, self.device)  # fp16 only: dynamic loss scaling
         self.step_count = 0
         self.total_steps: int | None = config.max_steps or None  # None: from the data's size, when fit sees it
         self._rng = _seeded_state(config.seed, self.device)
@@ -461,21 +461,6 @@ class Trainer:
         if self.autocast is not None and self.device.type == "cpu":
             return fp32_attention(self.model)
         return contextlib.nullcontext()
-
-
-def _loss_scaler(dtype: torch.dtype | None, device: torch.device, procs: Processes) -> torch.amp.GradScaler | None:
-    """fp16 training's dynamic loss scaling: the loss is multiplied by 2^16 before the backward (small gradients
-    stay above fp16's underflow), the gradients are divided back before clipping, a step whose gradients overflow
-    is skipped and the scale halved, and the scale doubles after 2000 good steps. None for bf16 and fp32, whose
-    exponent range is fp32's. Under FSDP2 each rank holds a shard of the gradients, so an overflow found on one
-    rank is shared with all (``ShardedGradScaler``)."""
-    if not needs_loss_scaling(dtype):
-        return None
-    if procs.fsdp and procs.world > 1:
-        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
-
-        return ShardedGradScaler(device.type)
-    return torch.amp.GradScaler(device.type)
 
 
 def _complete(batch: Batch) -> dict[str, torch.Tensor]:
