@@ -271,3 +271,25 @@ def test_quick_compare_on_the_builtin_tasks(tiny_model_dir: Path, tmp_path: Path
     full_bytes = next(t["disk_bytes"] for t in results["trials"] if t["method"] == "full")
     lora_bytes = next(t["disk_bytes"] for t in results["trials"] if t["method"] == "lora")
     assert full_bytes > 50 * lora_bytes
+
+
+def test_progress_eta_counts_each_methods_own_trial_time() -> None:
+    from types import SimpleNamespace
+
+    from lorakit.cli.compare import Progress
+    from lorakit.cli.compare.trials import Trial
+
+    setup: Any = SimpleNamespace(task="knowledge", metric="exact_match")
+    full: Any = SimpleNamespace(label="full")
+    lora: Any = SimpleNamespace(label="lora r=16")
+    progress = Progress({("knowledge", "full"): 3, ("knowledge", "lora r=16"): 3})
+    record = {"test": {"exact_match": 0.5}, "validation": {}, "probe": {"kept": 1, "n_questions": 2, "perplexity": 9.0}}
+    progress.line(Trial(setup, full, 1e-4), {**record, "seconds": 600.0}, False, setup)
+    # no LoRA trial yet: the task's mean (600 s) for all 5 left
+    assert progress.line(Trial(setup, full, 3e-4), {**record, "seconds": 600.0}, False, setup).endswith(
+        "about 40 min left"  # 1 full + 3 LoRA at 600 s
+    )
+    # 1 full trial left at 600 s and 2 LoRA trials at 120 s: 14 min (the task's mean, 440 s, would say 22 min)
+    assert progress.line(Trial(setup, lora, 1e-3), {**record, "seconds": 120.0}, False, setup).endswith(
+        "about 14 min left"
+    )

@@ -52,20 +52,22 @@ def minutes(seconds: float) -> str:
 
 
 class Progress:
-    """One line per trial, with how long the rest should take (the mean time of this task's trials so far)."""
+    """One line per trial, with how long the rest should take: each method's trials left on a task times the mean
+    time of that method's trials there so far (full fine-tuning's take ~3x LoRA's), else of the task's, else of all.
+    """
 
-    def __init__(self, planned: dict[str, int]) -> None:
-        self.left = dict(planned)
+    def __init__(self, planned: dict[tuple[str, str], int]) -> None:
+        self.left = dict(planned)  # (task, method label) -> trials still to run
         self.total, self.done = sum(planned.values()), 0
-        self.seconds: dict[str, list[float]] = {}
+        self.seconds: dict[tuple[str, str], list[float]] = {}
 
     def line(self, trial: Trial, record: dict[str, Any], was_cached: bool, setup: TaskSetup) -> str:
         task = setup.task
+        key = (task, trial.spec.label if trial.spec is not None else "base")
         self.done += 1
-        self.left[task] -= 1
-        self.seconds.setdefault(task, []).append(record["seconds"])
-        every = [s for times in self.seconds.values() for s in times]
-        eta = sum(n * _mean(self.seconds.get(t) or every) for t, n in self.left.items())
+        self.left[key] -= 1
+        self.seconds.setdefault(key, []).append(record["seconds"])
+        eta = sum(n * self._expected(k) for k, n in self.left.items())
         val = record["validation"]
         probe = record["probe"]
         text = f"lorakit compare: [{self.done}/{self.total}] {trial.describe()}: test {setup.metric} "
@@ -74,6 +76,12 @@ class Progress:
         text += f", probe questions kept {probe['kept']}/{probe['n_questions']}, ppl {probe['perplexity']:.2f}"
         text += "; cached" if was_cached else f"; {record['seconds'] / 60:.1f} min"
         return text + (f"; about {minutes(eta)} left" if self.done < self.total else "")
+
+    def _expected(self, key: tuple[str, str]) -> float:
+        """Seconds one more trial of ``key`` should take."""
+        same_task = [s for (task, _), times in self.seconds.items() if task == key[0] for s in times]
+        every = [s for times in self.seconds.values() for s in times]
+        return _mean(self.seconds.get(key) or same_task or every)
 
 
 def _mean(values: list[float]) -> float:
@@ -91,7 +99,7 @@ def run_compare(setups: list[TaskSetup], methods: list[MethodSpec], budget: Budg
     n_seeds = seeds or budget.seeds
     grid = GRID_BUILTIN if model is None else GRID_OTHER
     rates = {spec.label: spec.rates(grid, budget.rates) for spec in methods}
-    planned = {s.task: sum(len(r) + n_seeds - 1 for r in rates.values()) for s in setups}
+    planned = {(s.task, label): len(r) + n_seeds - 1 for s in setups for label, r in rates.items()}
     print(
         f"lorakit compare: {sum(planned.values())} trials, budget {budget.describe(n_seeds)}; in {output}", flush=True
     )
