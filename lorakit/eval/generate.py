@@ -6,7 +6,8 @@ once and its KV cache copied to the rows, and a row that has stopped leaves the 
 the batch's longest reply. On the demo's held-out split (batches of 50, 48 shared tokens of 63-143, replies of
 47-59 tokens on average against a longest of 68-74) greedy evaluation ran 1.15x faster (``bench.generate_speed``,
 docs/benchmarks.md); in bf16 the prefix's separate run changes the rounding, and 7 of 200 replies. Sampling goes through
-``generate``, and so does a model that does not decode with transformers' ``DynamicCache``.
+``generate``, and so does a model that does not decode with transformers' ``DynamicCache`` or whose
+``generation_config`` changes greedy decoding (``GREEDY_SETTINGS``: a repetition penalty, banned words...).
 """
 
 from __future__ import annotations
@@ -47,15 +48,18 @@ def generate_batch(
     top_p: float = 1.0,
 ) -> list[str]:
     """Replies to ``prompts`` (token ids), decoded without special tokens; stops at end-of-turn."""
-    if temperature <= 0 and _dynamic_cache_model(model):
+    if temperature <= 0 and _dynamic_cache_model(model) and _plain_greedy(model):
         rows = greedy_ids(model, prompts, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
         return [tokenizer.decode(row, skip_special_tokens=True) for row in rows]
     device = next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in _left_pad(prompts, tokenizer.pad_token_id).items()}
+    sampling: dict[str, Any] = {"do_sample": False}
+    if temperature > 0:
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
     with torch.no_grad():
         out = model.generate(
             **inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id, top_k=None, do_sample=True, temperature=temperature, top_p=top_p,
+            eos_token_id=tokenizer.eos_token_id, top_k=None, **sampling,
         )  # fmt: skip
     new = out[:, inputs["input_ids"].shape[1] :]  # (B, new tokens)
     return [tokenizer.decode(row, skip_special_tokens=True) for row in new]
@@ -65,6 +69,22 @@ def _dynamic_cache_model(model: Any) -> bool:
     """A transformers model that decodes with a ``DynamicCache`` (not a recurrent or custom cache)."""
     check = getattr(model, "_supports_default_dynamic_cache", None)
     return bool(check()) if callable(check) else False
+
+
+# generation_config settings that change greedy decoding in transformers' generate; greedy_ids applies none of them
+GREEDY_SETTINGS = (
+    "repetition_penalty", "encoder_repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "suppress_tokens",
+    "begin_suppress_tokens", "min_length", "min_new_tokens", "forced_bos_token_id", "forced_eos_token_id",
+    "sequence_bias", "exponential_decay_length_penalty",
+)  # fmt: skip
+
+
+def _plain_greedy(model: Any) -> bool:
+    """The model's generation_config leaves greedy decoding alone (a repetition penalty, say, would not)."""
+    from transformers import GenerationConfig
+
+    config, default = getattr(model, "generation_config", None), GenerationConfig()
+    return config is None or all(getattr(config, k, None) == getattr(default, k, None) for k in GREEDY_SETTINGS)
 
 
 def shared_prefix(prompts: list[list[int]]) -> int:

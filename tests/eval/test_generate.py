@@ -56,3 +56,30 @@ def test_greedy_ids_match_transformers_generate(smollm2_tokenizer) -> None:
         tokenizer.decode(r, skip_special_tokens=True)
         for r in _hf_greedy(model, prompts, 12, tokenizer.eos_token_id, pad)
     ]
+
+
+def test_a_generation_config_that_changes_greedy_decoding_goes_through_generate(smollm2_tokenizer) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(smollm2_tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False, initializer_range=0.2,
+    )  # fmt: skip
+    model, tokenizer = LlamaForCausalLM(config).eval(), smollm2_tokenizer
+    prompts = [prompt_ids(tokenizer, [{"role": "user", "content": u}]) for u in ("hi", "Dana from Initech, Oslo")]
+    plain = generate_batch(model, tokenizer, prompts, 12)
+    first = greedy_ids(model, prompts, 1, None, tokenizer.pad_token_id)[0][0]
+    model.generation_config.suppress_tokens = [first]  # the first reply's first token is banned
+    constrained = generate_batch(model, tokenizer, prompts, 12)
+    want = model.generate(
+        **_left_pad(prompts, tokenizer.pad_token_id),
+        max_new_tokens=12,
+        do_sample=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        top_k=None,
+    )
+    width = len(_left_pad(prompts, tokenizer.pad_token_id)["input_ids"][0])
+    assert constrained == [tokenizer.decode(r, skip_special_tokens=True) for r in want[:, width:]]
+    assert constrained != plain, "the banned token changes the replies (so the check above means something)"
