@@ -168,7 +168,7 @@ class Budget:
 BUDGETS = {
     "quick": Budget("quick", 0.0, 2, 2),  # tests
     "small": Budget("small", 0.5, 1, 3),  # the sweep at half the steps, no spread: ~45 min here
-    "full": Budget("full", 1.0, 3, 3),  # the sweep, then 3 seeds at the best rate: ~2-2.5 h on 2 cores
+    "full": Budget("full", 1.0, 3, 3),  # the sweep, then 3 seeds at the best rate: ~1 h 50 min here
 }
 
 Kind = Literal["contacts", "knowledge", "generation", "loss"]
