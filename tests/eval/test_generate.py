@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lorakit.eval.generate import _left_pad, generate_batch, greedy_ids, prompt_ids, shared_prefix
@@ -25,17 +26,22 @@ def _hf_greedy(model, prompts: list[list[int]], new: int, stop: int, pad: int) -
     return rows
 
 
-def test_greedy_ids_match_transformers_generate(smollm2_tokenizer) -> None:
+@pytest.fixture
+def varied_model(smollm2_tokenizer):
+    """A tiny random Llama whose greedy replies vary (tiny_model_dir's tied, small weights repeat one token); fp32,
+    so a prefix run apart from the rows gives the same logits up to float rounding."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    # A tiny random Llama whose greedy replies vary (tiny_model_dir's tied, small weights repeat one token); fp32,
-    # so a prefix run apart from the rows gives the same logits up to float rounding.
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(smollm2_tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False, initializer_range=0.2,
     )  # fmt: skip
-    model, tokenizer = LlamaForCausalLM(config).eval(), smollm2_tokenizer
+    return LlamaForCausalLM(config).eval()
+
+
+def test_greedy_ids_match_transformers_generate(varied_model, smollm2_tokenizer) -> None:
+    model, tokenizer = varied_model, smollm2_tokenizer
     system = {"role": "system", "content": "Extract the contact details as JSON."}
     users = ["Ann, ann@x.org", "call Bob Smith on 555 0101 at Acme in Lyon please", "hi", "Dana from Initech, Oslo"]
     prompts = [prompt_ids(tokenizer, [system, {"role": "user", "content": u}]) for u in users]
@@ -58,15 +64,10 @@ def test_greedy_ids_match_transformers_generate(smollm2_tokenizer) -> None:
     ]
 
 
-def test_a_generation_config_that_changes_greedy_decoding_goes_through_generate(smollm2_tokenizer) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(smollm2_tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False, initializer_range=0.2,
-    )  # fmt: skip
-    model, tokenizer = LlamaForCausalLM(config).eval(), smollm2_tokenizer
+def test_a_generation_config_that_changes_greedy_decoding_goes_through_generate(
+    varied_model, smollm2_tokenizer
+) -> None:
+    model, tokenizer = varied_model, smollm2_tokenizer
     prompts = [prompt_ids(tokenizer, [{"role": "user", "content": u}]) for u in ("hi", "Dana from Initech, Oslo")]
     plain = generate_batch(model, tokenizer, prompts, 12)
     first = greedy_ids(model, prompts, 1, None, tokenizer.pad_token_id)[0][0]
