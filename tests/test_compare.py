@@ -62,6 +62,9 @@ def test_method_specs() -> None:
         parse_methods("full:r=8")
     with pytest.raises(LorakitError, match="lr must be positive numbers"):
         parse_methods("lora:lr=1e-3+x")
+    # the budget's line says how many rates were swept, also when --methods gives some methods more
+    assert "3 rates swept per method, 3 seed(s)" in BUDGETS["full"].describe()
+    assert "3-4 rates swept per method, 2 seed(s)" in BUDGETS["full"].describe(2, (4, 3, 4))
 
 
 def test_rate_selection_helpers() -> None:

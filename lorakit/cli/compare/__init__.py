@@ -100,9 +100,8 @@ def run_compare(setups: list[TaskSetup], methods: list[MethodSpec], budget: Budg
     grid = GRID_BUILTIN if model is None else GRID_OTHER
     rates = {spec.label: spec.rates(grid, budget.rates) for spec in methods}
     planned = {(s.task, label): len(r) + n_seeds - 1 for s in setups for label, r in rates.items()}
-    print(
-        f"lorakit compare: {sum(planned.values())} trials, budget {budget.describe(n_seeds)}; in {output}", flush=True
-    )
+    described = budget.describe(n_seeds, tuple(len(r) for r in rates.values() if len(r) > 1))
+    print(f"lorakit compare: {sum(planned.values())} trials, budget {described}; in {output}", flush=True)
     ctx = Context(output, model, device, precision, keep_weights)
     keep, base = base_trials(setups, ctx)
     ctx = Context(output, model, device, precision, keep_weights, keep)
@@ -127,7 +126,7 @@ def run_compare(setups: list[TaskSetup], methods: list[MethodSpec], budget: Budg
             for seed in range(1, n_seeds):
                 run(Trial(setup, spec, chosen, seed))
     settings = {
-        "budget": {"name": budget.name, "describe": budget.describe(n_seeds), "seeds": n_seeds},
+        "budget": {"name": budget.name, "describe": described, "seeds": n_seeds},
         "model": model or "smollm2-135m-instruct (built-in)",
         "methods": [{"label": m.label, "method": m.method, "rates": list(rates[m.label]),
                      "swept": len(rates[m.label]) > 1,

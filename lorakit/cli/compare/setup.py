@@ -159,10 +159,13 @@ class Budget:
     rates: int
     """How many rates of each method's grid are swept (its top ones)."""
 
-    def describe(self, seeds: int | None = None) -> str:
+    def describe(self, seeds: int | None = None, swept: tuple[int, ...] = ()) -> str:
+        """``swept``: how many rates each swept method trains at, where ``--methods`` gives some their own."""
         steps = "2 steps on tiny subsets" if not self.step_share else f"{self.step_share:.0%} of the full steps"
         seeds = seeds or self.seeds
-        return f"{self.name} ({steps}, {self.rates} rates swept per method, {seeds} seed(s) at the best rate)"
+        counts = sorted(set(swept) or {self.rates})
+        rates = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+        return f"{self.name} ({steps}, {rates} rates swept per method, {seeds} seed(s) at the best rate)"
 
 
 BUDGETS = {
