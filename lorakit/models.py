@@ -270,6 +270,13 @@ def load_model(
     return model, tokenizer
 
 
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's repeated blocks (what ``--compile`` compiles and ``--fsdp`` shards): modules of the classes a
+    transformers model lists in ``_no_split_modules``."""
+    kinds = set(getattr(model, "_no_split_modules", None) or [])
+    return [m for m in model.modules() if type(m).__name__ in kinds]
+
+
 def load_tokenizer(name: str | None = None, trust_remote_code: bool = False) -> Any:
     """The tokenizer ``load_model(name)`` returns (same chat template, pad token set), without the weights.
 

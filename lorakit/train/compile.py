@@ -44,14 +44,9 @@ import torch
 from torch import nn
 
 from lorakit.errors import LorakitError
+from lorakit.models import decoder_layers
 
 CACHE_ARGS = ("past_key_values", "cache", "past_key_value")  # the names transformers releases give a layer's cache
-
-
-def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The model's repeated blocks: modules of the classes a transformers model lists in ``_no_split_modules``."""
-    kinds = set(getattr(model, "_no_split_modules", None) or [])
-    return [m for m in model.modules() if type(m).__name__ in kinds]
 
 
 class CompiledLayers:

@@ -32,7 +32,7 @@ from lorakit.data.batching import collate
 from lorakit.data.tokenize import TokenizedExample
 from lorakit.errors import LorakitError
 from lorakit.loss import IGNORE_INDEX, token_loss_sum
-from lorakit.models import needs_loss_scaling
+from lorakit.models import decoder_layers, needs_loss_scaling
 
 T = TypeVar("T")
 
@@ -150,8 +150,7 @@ class Processes:
         if self.fsdp:
             from torch.distributed.fsdp import fully_shard
 
-            layer_types = set(getattr(model, "_no_split_modules", None) or [])
-            layers = [m for m in model.modules() if type(m).__name__ in layer_types]
+            layers = decoder_layers(model)
             if not layers:
                 raise LorakitError("--fsdp: cannot find the decoder layers of this model to shard")
             sharded = [fully_shard(layer) for layer in layers]

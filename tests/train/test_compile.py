@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import lorakit
-from lorakit.train.compile import CompiledLayers, cpp_compiler, decoder_layers
+from lorakit.models import decoder_layers
+from lorakit.train.compile import CompiledLayers, cpp_compiler
 from lorakit.train.config import TrainConfig
 from lorakit.train.trainer import Trainer
 
