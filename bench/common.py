@@ -64,8 +64,11 @@ def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> flo
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's own peak resident set (``lorakit.memory.peak_rss_mb``: not the parent's, which Linux carries
+    into a child's ru_maxrss)."""
+    from lorakit.memory import peak_rss_mb as own_peak
+
+    return own_peak() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 DATA = ("chat", "dense")

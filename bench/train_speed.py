@@ -7,8 +7,8 @@ Same model (built-in SmolLM2-135M, fp32 weights as loaded), same batch (``--data
 ``bench.common.workload``), same LoRA (r=16, alpha=32, all 7 projections, no dropout), AdamW. Each run: 1 warm-up
 step counted by torch's FlopCounterMode (the matmul FLOPs really executed, backward and recomputation included),
 one more untimed step (where ``lorakit --compile`` compiles), then ``--steps`` timed steps; peak RSS is the child's
-own ru_maxrss. Configurations alternate (order reversed on odd repeats) and the table shows medians over repeats,
-so a busy machine slows them alike.
+own (VmHWM; ru_maxrss would carry the parent's). Configurations alternate (order reversed on odd repeats) and the
+table shows medians over repeats, so a busy machine slows them alike.
 """
 
 from __future__ import annotations

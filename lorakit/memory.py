@@ -30,7 +30,18 @@ def heap_in_use_mib() -> float | None:
 
 
 def peak_rss_mb() -> float | None:
-    """This process's peak resident memory so far, in MiB (None where the OS does not say)."""
+    """This process's peak resident memory so far, in MiB (None where the OS does not say).
+
+    On Linux it is ``VmHWM`` from ``/proc/self/status``, not ``getrusage``'s ``ru_maxrss``: Linux carries the
+    parent's peak into a child's ``ru_maxrss`` across ``exec`` (a trainer started by a 4.5 GB process reports at
+    least 4.5 GB whatever it uses), while ``VmHWM`` belongs to this process's own memory."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / (1 << 10), 1)  # kB
+    except OSError:  # not Linux
+        pass
     try:
         import resource
     except ImportError:  # Windows

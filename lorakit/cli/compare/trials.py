@@ -1,7 +1,7 @@
 """One trial of ``lorakit compare``: train a method at one rate and seed, score it, and cache what it measured.
 
-Each trial trains in its own ``python -m lorakit train`` process (``os.wait4`` gives that process's peak RSS),
-then is scored here (greedy generation on merged weights). A finished trial is a folder under
+Each trial trains in its own ``python -m lorakit train`` process (whose metrics give its own peak RSS), then is
+scored here (greedy generation on merged weights). A finished trial is a folder under
 ``OUTPUT/trials/TASK/METHOD/`` whose ``trial.json`` holds its settings and scores, written atomically last: a folder
 without it is an interrupted trial, trained again; a folder with it is never trained again. The folder's name
 ends in a hash of every setting that decides the result (data files, probe files, steps, batch, method, rate,
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -117,12 +116,12 @@ def train_one(trial: Trial, folder: Path, ctx: Context) -> dict[str, Any]:
     with open(folder / "train.log", "w", encoding="utf-8") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            code = proc.wait()
         except BaseException:  # interrupted: the trial is left unfinished, and trained again next time
             proc.kill()
             proc.wait()
             raise
-    if os.waitstatus_to_exitcode(status) != 0:
+    if code != 0:
         tail = (folder / "train.log").read_text(encoding="utf-8").strip().splitlines()[-1:]
         raise LorakitError(f"training {trial.describe()} failed: {' '.join(tail)} (see {folder}/train.log)")
     summary = json.loads((folder / "train_summary.json").read_text(encoding="utf-8"))
@@ -131,7 +130,9 @@ def train_one(trial: Trial, folder: Path, ctx: Context) -> dict[str, Any]:
     weights = "model.safetensors" if spec.method == "full" else "adapter_model.safetensors"
     return {
         "trainable": summary["trainable"], "disk_bytes": (folder / weights).stat().st_size,
-        "peak_rss": usage.ru_maxrss * 1024, "seconds_per_step": seconds[len(seconds) // 2],
+        # the trainer's own peak: wait4's ru_maxrss would start from this (scoring, 4-5 GB) process's peak
+        "peak_rss": max(r.get("peak_rss_mb") or 0.0 for r in rows) * (1 << 20),
+        "seconds_per_step": seconds[len(seconds) // 2],
         "train_loss": summary["final"]["train_loss"],
     }  # fmt: skip
 
