@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from lorakit.cli import main
+from lorakit.cli.compare import report as compare_report
 from lorakit.cli.compare import run_compare
 from lorakit.cli.compare import trials as compare_trials
 from lorakit.cli.compare.analysis import at_edge, best_rate, equal_score, forgetting_at, frontier, mean_std
@@ -76,6 +77,11 @@ def test_rate_selection_helpers() -> None:
     assert mean_std([0.5]) == (0.5, 0.0)
 
 
+def test_a_peak_not_measured_shows_as_a_dash() -> None:
+    assert compare_report._peak([{"peak_rss": None}, {"peak_rss": 3 << 30}, {}]) == "3.22 GB"
+    assert compare_report._peak([{"peak_rss": None}]) == "-"
+
+
 def test_forgetting_at_equal_score_against_hand_computed_values() -> None:
     a = [(0.2, 5.0), (0.4, 8.0), (0.3, 12.0), (0.5, 20.0)]  # (0.3, 12) is beaten by (0.4, 8): off the front
     assert frontier([(0.0, 0.0), *a]) == [(0.0, 0.0), (0.2, 5.0), (0.4, 8.0), (0.5, 20.0)]
@@ -84,15 +90,19 @@ def test_forgetting_at_equal_score_against_hand_computed_values() -> None:
     assert forgetting_at([(0.1, -2.0), (0.3, 1.0)], 0.05) == -2.0, "below the front: its first point"
     assert forgetting_at([(0.1, -2.0), (0.3, 1.0)], 0.31) is None, "past the front: not reached"
     c = [(-0.1, 3.0)]  # never beats the base
-    levels, at = equal_score({"a": a, "b": b, "c": c})
-    # the highest level every learning method reaches: min(0.5, 0.3) = 0.3; levels at 1/4, 1/2, 3/4 and all of it
+    d = [(0.06, 2.0)]  # barely learns
+    levels, at = equal_score({"a": a, "b": b, "c": c, "d": d})
+    # the highest level two methods reach: a 0.5, b 0.3, d 0.06 -> 0.3; levels at 1/4, 1/2, 3/4 and all of it
     assert levels == pytest.approx([0.075, 0.15, 0.225, 0.3])
     # a: 0.075 / 0.2 * 5; 0.15 / 0.2 * 5; 5 + 0.025 / 0.2 * 3; 5 + 0.1 / 0.2 * 3
     assert at["a"] == pytest.approx([1.875, 3.75, 5.375, 6.5])
     # b: flat at -2 below 0.1; then -2 + (level - 0.1) / 0.2 * 3
     assert at["b"] == pytest.approx([-2.0, -1.25, -0.125, 1.0])
     assert at["c"] == [None, None, None, None]
+    assert at["d"] == [None, None, None, None], "d's front ends at 0.06, below every level"
     assert equal_score({"c": c}) == ([], {"c": []})
+    alone = equal_score({"b": b, "c": c})  # one method learns: its own range
+    assert alone[0] == pytest.approx([0.075, 0.15, 0.225, 0.3]) and alone[1]["c"] == [None] * 4
 
 
 def test_probe_matches_whole_answers_and_its_questions_are_well_formed() -> None:

@@ -11,8 +11,10 @@ curve, and the methods are compared where their curves reach the same learning:
 - between two front points forgetting is interpolated linearly in learning; below the first front point it is
   that point's forgetting (it reaches more, at that cost); above the last point the method has not been seen to
   reach that level, and no value is given;
-- the levels compared are 1/4, 1/2, 3/4 and all of the highest learning every method reaches (methods that never
-  beat the base are left out of that highest level, and show no value).
+- the levels compared are 1/4, 1/2, 3/4 and all of the highest learning that at least two methods reach (one
+  method alone: its own highest), so the methods that learn most are compared over their whole common range; a
+  method that learns less shows no value above its own best. (With "every method reaches" instead, one method
+  that barely learns, such as attention-only LoRA on new facts, would confine the comparison to near the base.)
 """
 
 from __future__ import annotations
@@ -75,6 +77,6 @@ def forgetting_at(front: Sequence[Point], level: float) -> float | None:
 def equal_score(curves: Mapping[str, Sequence[Point]]) -> tuple[list[float], dict[str, list[float | None]]]:
     """(the learning levels, each method's forgetting at each), the base model's (0, 0) added to every curve."""
     fronts = {name: frontier([(0.0, 0.0), *points]) for name, points in curves.items()}
-    reached = [f[-1][0] for f in fronts.values() if f[-1][0] > 0]
-    levels = [min(reached) * s for s in SHARES] if reached else []
+    reached = sorted((f[-1][0] for f in fronts.values() if f[-1][0] > 0), reverse=True)
+    levels = [reached[min(1, len(reached) - 1)] * s for s in SHARES] if reached else []
     return levels, {name: [forgetting_at(f, level) for level in levels] for name, f in fronts.items()}

@@ -88,6 +88,13 @@ def _spread(values: list[float], digits: int, unit: str = "", sign: bool = False
     return text + (f" ± {sd:.{digits}f}" if len(values) > 1 else "")
 
 
+def _peak(rows: list[dict[str, Any]]) -> str:
+    """The highest training peak RSS of ``rows``; "-" where it was not measured (trials cached before lorakit took
+    the trainer's own peak: their ru_maxrss was the scoring process's)."""
+    peaks = [t["peak_rss"] for t in rows if t.get("peak_rss")]
+    return human(max(peaks)) if peaks else "-"
+
+
 def _seed_table(payload: dict[str, Any], task: str) -> tuple[str, list[str]]:
     info, base = payload["settings"]["tasks"][task], payload["base"][task]
     metric = info["metric"]
@@ -109,7 +116,7 @@ def _seed_table(payload: dict[str, Any], task: str) -> tuple[str, list[str]]:
             + ", ".join(f"{t['test'][metric]:.3f}" for t in rows)
             + f" | {_spread([ppl_change(t, base) for t in rows], 1, '%', sign=True)} | "
             f"{_spread([lost(t) for t in rows], 1, '%')} | {first['trainable']:,} | {human(first['disk_bytes'])} | "
-            f"{human(max(t['peak_rss'] for t in rows))} | {_spread([t['seconds_per_step'] for t in rows], 2)} |"
+            f"{_peak(rows)} | {_spread([t['seconds_per_step'] for t in rows], 2)} |"
         )
         sweep = [t["validation"][metric] for t in _trials(payload, task, label) if t["seed"] == 0]
         edge = at_edge(best, method["rates"]) if method["swept"] else None
@@ -186,7 +193,8 @@ def plot(payload: dict[str, Any], output: Path) -> list[str]:
                     ax.annotate(f"{p['lr']:.0e}", (p["learning"], p[key]), textcoords="offset points", xytext=(4, 3),
                                 fontsize=7, color=line.get_color())  # fmt: skip
         change = "gained" if info["higher_is_better"] else "lowered"
-        row[0].set_ylabel("probe perplexity increase (%)")
+        row[0].set_ylabel("probe perplexity increase (%, symlog)")
+        row[0].set_yscale("symlog", linthresh=10)  # a diverged rate (+1000s of %) would flatten every other point
         row[1].set_ylabel("probe questions lost (%)")
         for ax in row:
             ax.set_xlabel(f"learning: test {info['metric']} {change} over the base")
