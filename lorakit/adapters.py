@@ -15,10 +15,10 @@ from torch import nn
 from lorakit.config import AdapterConfig, IA3Config, LoraConfig
 from lorakit.errors import AdapterError
 from lorakit.layers import Linear, LoraLayer, ModulesToSave, is_gpt2_conv1d, is_linear_like, wrap, wrapper_for
-from lorakit.methods.dora import DoraLinear
-from lorakit.methods.ia3 import IA3Linear
-from lorakit.methods.inits import init_from_weight, is_weight_init
 from lorakit.targeting import resolve_config, select_modules
+from lorakit.variants.dora import DoraLinear
+from lorakit.variants.ia3 import IA3Linear
+from lorakit.variants.inits import init_from_weight, is_weight_init
 
 CONFIGS_ATTR = "lorakit_configs"
 

@@ -32,7 +32,7 @@ from lorakit.config import AdapterConfig, LoraConfig, config_from_peft_dict
 from lorakit.errors import AdapterError
 from lorakit.files import atomic_write
 from lorakit.layers import LoraLayer, ModulesToSave, weight_of
-from lorakit.methods.inits import convert_to_lora
+from lorakit.variants.inits import convert_to_lora
 
 PREFIX = "base_model.model."
 CONFIG_NAME = "adapter_config.json"

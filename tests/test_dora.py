@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import lorakit
-from lorakit.methods.dora import DoraLinear
+from lorakit.variants.dora import DoraLinear
 from tests.tiny import logits_of, randomize_lora_b, tiny_gpt2, tiny_llama, token_ids
 
 CASES: list[tuple[str, Callable[[], nn.Module], dict]] = [

@@ -15,7 +15,7 @@ from torch import nn
 
 import lorakit
 from lorakit.config import IA3Config
-from lorakit.methods.ia3 import IA3Linear
+from lorakit.variants.ia3 import IA3Linear
 from tests.tiny import logits_of, tiny_gpt2, tiny_llama, token_ids
 
 CASES: list[tuple[str, Callable[[], nn.Module], dict]] = [

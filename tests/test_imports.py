@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lorakit"
-# Bottom to top. A unit is a module or package (longest match wins: "methods.dora" before "methods").
+# Bottom to top. A unit is a module or package (longest match wins: "variants.dora" before "variants").
 ORDER = [
     "_version", "errors", "files", "memory", "config",
     # the LoRA core: the product, the layers, the layer variants the core builds, selection, adapter operations,
     # the file format
-    "lora_fn", "layers", "methods", "methods.inits", "methods.dora", "methods.ia3", "targeting", "adapters", "io",
+    "lora_fn", "layers", "variants", "variants.inits", "variants.dora", "variants.ia3", "targeting", "adapters", "io",
     # methods that work on a model holding adapters
-    "methods.mixed", "methods.combine",
+    "methods", "methods.mixed", "methods.combine",
     # quantised bases, loading models (device and precision rules), which base an adapter wants, estimates
     "quant", "models", "origin", "plan",
     # generic data, the loss, the built-in tasks
@@ -27,12 +27,12 @@ ORDER = [
     # the command line, and the package's public face
     "cli", "__main__", "__init__",
 ]  # fmt: skip
-TRANSFORMERS_FREE = {"_version", "errors", "files", "memory", "config", "lora_fn", "layers", "methods", "targeting",
-                     "adapters", "io", "data"}  # fmt: skip
+TRANSFORMERS_FREE = {"_version", "errors", "files", "memory", "config", "lora_fn", "layers", "variants", "methods",
+                     "targeting", "adapters", "io", "data"}  # fmt: skip
 
 
 def _module(path: Path) -> str:
-    """ "lorakit/methods/dora.py" -> "methods.dora"; a package's __init__ is the package ("methods")."""
+    """ "lorakit/variants/dora.py" -> "variants.dora"; a package's __init__ is the package ("variants")."""
     parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
     if parts[-1] == "__init__" and len(parts) > 1:
         parts.pop()

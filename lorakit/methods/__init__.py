@@ -1,5 +1,3 @@
-"""Optional methods beyond plain LoRA: DoRA, IA3, PiSSA/OLoRA initialisation, mixed-adapter batches, combining adapters.
-
-``dora``, ``ia3`` and ``inits`` are layer variants the core builds on; ``mixed`` and ``combine`` work on a model
-that already holds adapters.
-"""
+"""Methods that work on a model already holding adapters: several adapters in one batch, one per row (``mixed``),
+and combining adapters into one (``combine``). The layer variants the core builds (DoRA, IA3, PiSSA/OLoRA) are
+``lorakit.variants``."""

@@ -27,7 +27,7 @@ from lorakit.adapters import adapter_modules, add_adapter, check_known
 from lorakit.config import AdapterConfig, IA3Config, LoraConfig
 from lorakit.errors import AdapterError
 from lorakit.layers import Conv, Embedding, Linear, LoraLayer, weight_of
-from lorakit.methods.dora import DoraLinear
+from lorakit.variants.dora import DoraLinear
 
 CombineMethod = Literal["cat", "linear", "svd"]
 
