@@ -11,7 +11,7 @@
    demo's, trained by ``python -m lorakit train --output DIR``), each without and with ``response_format``
    ``json_schema`` (the contacts schema: the five keys, each a string or null). One server serves both; 16 client
    threads send the messages greedily, with ``max_tokens`` = the longest reference reply + 16 tokens, as
-   ``lorakit.eval.run.evaluate_contacts`` does. Generated tokens/s is the cost of the grammar.
+   ``lorakit.tasks.contacts_eval.evaluate_contacts`` does. Generated tokens/s is the cost of the grammar.
 2. Load on loopback: ``--adapters`` random adapters, ``--clients`` concurrent client threads sending ``--requests``
    chat requests round-robin over the adapters (sampled, a seed per request), once free text and once each request
    with a ``json_schema`` (a fresh server each): requests/s, tokens/s, p50/p99 latency, errors and the server's

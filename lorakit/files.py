@@ -7,11 +7,13 @@ Every file lorakit writes goes through ``atomic_write`` (or ``write_text_atomic`
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from lorakit.errors import DiskFullError, is_disk_full
 
@@ -55,6 +57,11 @@ def atomic_write(path: Path, write: Callable[[str], object]) -> None:
 def write_text_atomic(path: Path, text: str) -> None:
     """A UTF-8 text file written through ``atomic_write``."""
     atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
+    """One JSON object per line (UTF-8, not escaped to ASCII), written through ``atomic_write``."""
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -20,10 +20,11 @@ ORDER = [
     "methods", "methods.mixed", "methods.combine",
     # quantised bases, loading models (device and precision rules), which base an adapter wants, estimates
     "quant", "models", "origin", "plan",
-    # generic data, the loss, the built-in tasks
-    "data", "loss", "tasks",
-    # what runs a model: evaluation (inference never imports training), training, export, serving
-    "eval", "train", "export", "serve",
+    # generic data, the loss
+    "data", "loss",
+    # what runs a model: evaluation (inference never imports training), the built-in tasks and their scorers,
+    # training, export, serving
+    "eval", "tasks", "train", "export", "serve",
     # the command line, and the package's public face
     "cli", "__main__", "__init__",
 ]  # fmt: skip

@@ -177,7 +177,7 @@ def model_with_adapter(
     """The adapter's own base model (``--model`` overrides it; ``quantize``d as in QLoRA training, if given) plus the
     adapter, merged, on ``device`` in ``precision`` (auto: the fastest the device runs natively); says where on
     stderr."""
-    from lorakit.eval.run import prepare_for_inference
+    from lorakit.eval.inference import prepare_for_inference
     from lorakit.io import load_adapter
 
     base = base_model_for(model_name, adapter)  # a wrong adapter path fails before the model is loaded

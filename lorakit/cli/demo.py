@@ -18,10 +18,11 @@ from typing import Any
 
 from lorakit.cli.common import device_flag, model_with_adapter, positive, precision_flag
 from lorakit.cli.train import RunConfig, run
-from lorakit.eval.run import evaluate_contacts, markdown_table, summary, write_json
+from lorakit.eval.report import markdown_table, write_json
 from lorakit.files import write_text_atomic
 from lorakit.models import resolve_device
 from lorakit.tasks.contacts import SYSTEM_PROMPT
+from lorakit.tasks.contacts_eval import evaluate_contacts, summary
 from lorakit.train.compile import cpp_compiler
 
 

@@ -28,6 +28,7 @@ from lorakit.cli.common import (
 )
 from lorakit.data.formats import FORMATS
 from lorakit.errors import LorakitError
+from lorakit.eval.replies import REPLY_MARGIN
 
 TASKS = ("auto", "contacts", "generation", "loss")
 SHOWN = ("n", "exact_match", "token_f1", "rouge_l", "json_valid", "field_accuracy", "tokens", "loss", "perplexity")
@@ -47,7 +48,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--output", help="write metrics and every prediction to this JSON file")
     p.add_argument("--limit", type=positive, help="only the first N examples")
     p.add_argument("--batch-size", type=positive, default=50, help="examples generated (or scored) together")
-    p.add_argument("--max-new-tokens", type=positive, help="the longest reply (default: the longest reference + 16)")
+    p.add_argument(
+        "--max-new-tokens", type=positive, help=f"the longest reply (default: the longest reference + {REPLY_MARGIN})"
+    )
     p.add_argument("--no-base", action="store_true", help="with --adapter: skip the base model's run")
     device_flag(p)
     precision_flag(p)
@@ -75,7 +78,9 @@ def pick_task(task: str, data: str | None, data_format: str) -> tuple[str, list[
 
 def evaluate(args: argparse.Namespace, task: str, records: list[dict] | None, model: Any, tokenizer: Any,
              desc: str) -> dict[str, Any]:  # fmt: skip
-    from lorakit.eval.run import evaluate_contacts, evaluate_generation, evaluate_loss
+    from lorakit.eval.perplexity import evaluate_loss
+    from lorakit.eval.replies import evaluate_generation
+    from lorakit.tasks.contacts_eval import evaluate_contacts
 
     if task == "contacts":
         return evaluate_contacts(model, tokenizer, args.data, args.limit, args.batch_size, desc=desc)
@@ -87,7 +92,8 @@ def evaluate(args: argparse.Namespace, task: str, records: list[dict] | None, mo
 
 
 def command(args: argparse.Namespace) -> int:
-    from lorakit.eval.run import markdown_table, prepare_for_inference, write_json
+    from lorakit.eval.inference import prepare_for_inference
+    from lorakit.eval.report import markdown_table, write_json
     from lorakit.io import load_adapter
 
     offline_unless_hub_reachable(args.data)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lorakit.errors import DataError
-from lorakit.files import write_text_atomic
+from lorakit.files import write_jsonl
 from lorakit.tasks.contacts_spec import POOL_SPEC, STYLE_SPEC
 
 SYSTEM_PROMPT = (
@@ -423,7 +423,7 @@ def write_builtin(out_dir: str | Path) -> dict[str, Path]:
     paths: dict[str, Path] = {}
     for split, records in (("train", train), ("eval", evals)):
         paths[split] = out / f"contacts_{split}.jsonl"
-        write_text_atomic(paths[split], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        write_jsonl(paths[split], records)
     return paths
 
 

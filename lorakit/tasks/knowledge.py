@@ -11,12 +11,11 @@ syllables by a seeded generator, so the files are the same on every machine:
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from pathlib import Path
 from typing import Any
 
-from lorakit.files import write_text_atomic
+from lorakit.files import write_jsonl
 
 SEED = 20240601
 PER_RELATION = 44
@@ -123,7 +122,7 @@ def write_builtin(out_dir: Path = BUILTIN) -> dict[str, Path]:
     paths = {}
     for split, records in (("train", train), ("test", test)):
         paths[split] = out_dir / f"knowledge_{split}.jsonl"
-        write_text_atomic(paths[split], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        write_jsonl(paths[split], records)
     return paths
 
 

@@ -13,7 +13,7 @@ import torch
 
 import lorakit
 from lorakit.cli.train import RunConfig, run
-from lorakit.eval.run import evaluate_contacts
+from lorakit.tasks.contacts_eval import evaluate_contacts
 
 pytestmark = pytest.mark.integration
 

@@ -46,7 +46,9 @@ def score(m: Any, tokenizer: Any, kind: str, path: Path) -> dict[str, float]:
     """The metrics of one split. contacts: exact match and field accuracy; knowledge: exact answer (case and a
     final full stop aside); generation: ``lorakit eval``'s reply metrics; loss: loss and perplexity."""
     from lorakit.eval.generate import generate_all
-    from lorakit.eval.run import evaluate_contacts, evaluate_generation, evaluate_loss
+    from lorakit.eval.perplexity import evaluate_loss
+    from lorakit.eval.replies import evaluate_generation
+    from lorakit.tasks.contacts_eval import evaluate_contacts
 
     if kind == "contacts":
         metrics = evaluate_contacts(m, tokenizer, str(path), None, batch_size=32, progress=False)
@@ -80,7 +82,7 @@ def probe(m: Any, tokenizer: Any, keep: list[int] | None) -> tuple[dict[str, flo
     """(perplexity on the passages, the share of ``keep`` still answered and how many that is; the questions
     answered). ``keep`` None: this is the base model, ask every question (and its share is 1 by definition)."""
     from lorakit.eval.generate import generate_all
-    from lorakit.eval.run import evaluate_loss
+    from lorakit.eval.perplexity import evaluate_loss
 
     ppl = evaluate_loss(m, tokenizer, str(PROBE_TEXT))["perplexity"]
     questions = probe_questions()

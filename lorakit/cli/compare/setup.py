@@ -32,7 +32,7 @@ from typing import Literal
 
 from lorakit.data.jsonl import read_jsonl
 from lorakit.errors import LorakitError
-from lorakit.files import write_text_atomic
+from lorakit.files import write_jsonl
 from lorakit.tasks.contacts import builtin_path as contacts_path
 from lorakit.tasks.knowledge import builtin_path as knowledge_path
 
@@ -208,10 +208,8 @@ def carve(records: list[dict], n: int, salt: str) -> tuple[list[dict], list[dict
 
 
 def _write(path: Path, records: list[dict]) -> Path:
-    import json
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_jsonl(path, records)
     return path
 
 
