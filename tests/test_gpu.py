@@ -17,11 +17,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 import lorakit
 from lorakit.cli import main as cli_main
-from lorakit.cli import train as cli_train
 from lorakit.io import adapter_tensors
 from lorakit.models import load_model, resolve_device, resolve_precision
 from lorakit.quant import quantize_model, quantized_modules
 from lorakit.quant.linear import dequantize, quantized_bytes
+from lorakit.runs import RunConfig, train_run
 from tests.tiny import randomize_lora_b, tiny_llama
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -80,9 +80,9 @@ def test_16_bit_training_on_the_gpu_follows_fp32(tiny_model_dir: Path, small_cha
 def test_lorakit_train_eval_and_generate_run_on_the_gpu(
     tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = cli_train.RunConfig(model=str(tiny_model_dir), data=str(small_chat_data), output=str(tmp_path / "run"),
+    config = RunConfig(model=str(tiny_model_dir), data=str(small_chat_data), output=str(tmp_path / "run"),
                                  **SETTINGS)  # type: ignore[arg-type]  # fmt: skip
-    result = cli_train.run(config, progress=False)
+    result = train_run(config, progress=False)
     summary = json.loads((result.output / "train_summary.json").read_text())
     assert summary["device"].startswith("cuda")
     rows = [json.loads(line) for line in (result.output / "metrics.jsonl").read_text().splitlines()]

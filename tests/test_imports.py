@@ -18,13 +18,15 @@ ORDER = [
     "lora_fn", "layers", "variants", "variants.inits", "variants.dora", "variants.ia3", "targeting", "adapters", "io",
     # methods that work on a model holding adapters
     "methods", "methods.mixed", "methods.combine",
-    # quantised bases, loading models (device and precision rules), which base an adapter wants, estimates
-    "quant", "models", "origin", "plan",
+    # quantised bases, loading models (device and precision rules), estimates
+    "quant", "models", "plan",
     # generic data, the loss
     "data", "loss",
     # what runs a model: evaluation (inference never imports training), the built-in tasks and their scorers,
     # training, export, serving
-    "eval", "tasks", "train", "export", "serve",
+    "eval", "tasks", "train", "export",
+    # a training run: its folder and the job that fills it; then serving, which reads runs
+    "runs", "serve",
     # the command line, and the package's public face
     "cli", "__main__", "__init__",
 ]  # fmt: skip

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lorakit.errors import LorakitError
-from lorakit.origin import adapter_origin, check_same_base, recorded_name, same_base
+from lorakit.runs.origin import adapter_origin, check_same_base, recorded_name, same_base
 from lorakit.tasks.contacts import SYSTEM_PROMPT
 
 

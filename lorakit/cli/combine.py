@@ -112,7 +112,7 @@ def combine_to_folder(
 
 def common_base(model: str | None, adapters: Sequence[str]) -> str | None:
     """``--model``, else the base the adapters record (they must agree: adapters of different bases do not add)."""
-    from lorakit.origin import adapter_origin, same_base
+    from lorakit.runs.origin import adapter_origin, same_base
 
     if model:
         return model

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeVar
 
 from lorakit.errors import LorakitError
+from lorakit.runs.folder import CONFIG as RUN_CONFIG
 from lorakit.train.config import TrainConfig
 
 C = TypeVar("C", bound=TrainConfig)
@@ -215,9 +216,9 @@ def precision_flag(parser: argparse.ArgumentParser, what: str = "weights and com
 
 
 def base_model_for(model: str | None, adapter: str | None, announce: bool = True) -> str | None:
-    """``--model`` if given, else the base the adapter records (lorakit.origin, said on stderr when ``announce``),
+    """``--model`` if given, else the base the adapter records (lorakit.runs.origin, said on stderr when ``announce``),
     else the built-in."""
-    from lorakit.origin import adapter_origin
+    from lorakit.runs.origin import adapter_origin
 
     if not adapter or model:
         return model
@@ -248,7 +249,7 @@ def load_base(
 
 def system_prompt_for(system: str | None, adapter: str | None) -> str | None:
     """``--system`` as given ("" for none), else the system prompt the adapter was trained under, if any."""
-    from lorakit.origin import adapter_origin
+    from lorakit.runs.origin import adapter_origin
 
     if system is not None or not adapter:
         return system or None
@@ -282,8 +283,8 @@ def offline_unless_hub_reachable(*sources: str | None) -> None:
 
 def base_quantization(adapter: str | None, quantize: str | None) -> str | None:
     """``--quantize`` as given ("none": a float base); unset, the scheme a QLoRA adapter was trained on, as its
-    run's train_config.json says (an adapter fits best the weights it was trained against)."""
-    from lorakit.cli.run_folder import trained_quantization
+    run's settings say (an adapter fits best the weights it was trained against)."""
+    from lorakit.runs.origin import trained_quantization
 
     if quantize == "none":
         return None
@@ -292,7 +293,7 @@ def base_quantization(adapter: str | None, quantize: str | None) -> str | None:
     trained = trained_quantization(adapter)
     if trained:
         print(
-            f"{adapter}: trained by QLoRA on a {trained} base (its train_config.json): the base is quantised the "
+            f"{adapter}: trained by QLoRA on a {trained} base (its {RUN_CONFIG}): the base is quantised the "
             "same way (--quantize none for a float base)",
             file=sys.stderr,
         )
@@ -303,7 +304,7 @@ def quantize_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quantize", choices=["nf4", "int8", "none"],
         help="quantise the base's Linear weights as QLoRA training did (train --method qlora --bits 4: nf4, 8: int8;"
-        " the default for an adapter whose train_config.json says so; none: a float base)",
+        f" the default for an adapter whose {RUN_CONFIG} says so; none: a float base)",
     )  # fmt: skip
 
 

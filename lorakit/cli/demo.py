@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.cli.common import device_flag, model_with_adapter, positive, precision_flag
-from lorakit.cli.train import RunConfig, run
-from lorakit.eval.report import markdown_table, write_json
-from lorakit.files import write_text_atomic
+from lorakit.cli.process import TRAIN_HOOKS
+from lorakit.eval.report import markdown_table
 from lorakit.models import resolve_device
+from lorakit.runs.config import RunConfig
+from lorakit.runs.folder import CARD, DEMO_EVAL, METRICS, PLOT, RunFolder
+from lorakit.runs.job import train_run
 from lorakit.tasks.contacts import SYSTEM_PROMPT
 from lorakit.tasks.contacts_eval import evaluate_contacts, summary
 from lorakit.train.compile import cpp_compiler
@@ -45,25 +47,26 @@ def run_demo(
         compile = resolve_device(device).type == "cpu" and cpp_compiler() is not None
     print("\n2/3 training (lorakit train's defaults" + (" + --compile)" if compile else ")"))
     # no data: the built-in task's settings
-    result = run(RunConfig.from_dict({"output": output, "device": device, "precision": precision, "compile": compile}))
+    settings = {"output": output, "device": device, "precision": precision, "compile": compile}
+    result = train_run(RunConfig.from_dict(settings), TRAIN_HOOKS)
 
     print("\n3/3 the adapter on the whole held-out split")
     model, tokenizer = model_with_adapter(None, str(result.output), None, False, device, precision)
     tuned = evaluate_contacts(model, tokenizer, desc="with adapter")
 
     out = Path(result.output)
-    write_json(out / "demo_eval.json", {"base": base, "adapter": tuned})
+    run = RunFolder(out)
+    run.write_demo_eval({"base": base, "adapter": tuned})
     rows = {"base model": summary(base), "with adapter": summary(tuned)}
     table = markdown_table([{"model": name, **scores} for name, scores in rows.items()])
-    card = (out / "README.md").read_text(encoding="utf-8")
-    write_text_atomic(out / "README.md", card + f"\n## Held-out contacts scores (lorakit demo)\n\n{table}\n")
+    run.add_to_card(f"\n## Held-out contacts scores (lorakit demo)\n\n{table}\n")
     minutes = (time.perf_counter() - started) / 60
     print(f"\n{table}\n")
     print(f"done in {minutes:.1f} min. In {out}/:")
     print("  adapter_config.json, adapter_model.safetensors   the adapter (peft's format)")
-    print("  README.md                                         model card: settings, scores, how to load it")
-    print("  loss.png, metrics.jsonl                           the training curve and per-step metrics")
-    print("  demo_eval.json                                    every held-out prediction beside its reference")
+    print(f"  {CARD:<50}model card: settings, scores, how to load it")
+    print(f"  {PLOT + ', ' + METRICS:<50}the training curve and per-step metrics")
+    print(f"  {DEMO_EVAL:<50}every held-out prediction beside its reference")
     command = [".venv/bin/lorakit", "generate", "--adapter", str(out), "--system", SYSTEM_PROMPT, "--prompt",
                "Met Ana Souza from Blue Fern Analytics in Lisbon, ana@bluefern.io"]  # fmt: skip
     print(f"try it: {shlex.join(command)}")

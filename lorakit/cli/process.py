@@ -1,9 +1,11 @@
-"""Process-wide tuning that only the command line applies: glibc's malloc settings while a run loads and trains.
+"""What only the command line does to the process around a run: torchrun's process group, and glibc's malloc
+settings while a run loads and trains (``TRAIN_HOOKS``, which ``lorakit train`` and ``lorakit demo`` hand to
+``lorakit.runs.train_run``).
 
 Library code never calls these (glibc can neither report nor restore its settings, so a library call would change
 the process for everyone in it). ``lorakit train``, ``lorakit demo`` and the benchmarks do, around their own runs.
-Set ``LORAKIT_TUNE_MALLOC=0`` to turn it off; a threshold you chose yourself (``MALLOC_MMAP_THRESHOLD_`` or
-``GLIBC_TUNABLES``) always wins.
+Set ``LORAKIT_TUNE_MALLOC=0`` to turn the allocator tuning off; a threshold you chose yourself
+(``MALLOC_MMAP_THRESHOLD_`` or ``GLIBC_TUNABLES``) always wins.
 
 Two findings shape this module (measured on the built-in model, CPU):
 
@@ -30,6 +32,11 @@ import contextlib
 import ctypes
 import os
 from collections.abc import Iterator
+
+import torch.distributed as dist
+
+from lorakit.models import resolve_device
+from lorakit.runs.job import RunHooks
 
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 MMAP_THRESHOLD = 4 << 20
@@ -75,3 +82,28 @@ def return_free_memory() -> None:
         return
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+@contextlib.contextmanager
+def process_group(device: str = "auto") -> Iterator[None]:
+    """Under torchrun (WORLD_SIZE > 1) with no process group yet, start one for the run inside and end it after:
+    NCCL, each rank on its GPU (cuda:LOCAL_RANK), when ``device`` is a CUDA device (auto: where there is one), else
+    gloo on the CPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or dist.is_initialized():
+        yield
+        return
+    import torch
+
+    cuda = resolve_device(device).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+TRAIN_HOOKS = RunHooks(session=process_group, loading=loading_heap, training=fix_mmap_threshold)
+"""A training run's process settings: its process group, a compact heap for loading, the mmap threshold pinned."""

@@ -10,6 +10,7 @@ from typing import Any
 
 from lorakit.cli.common import device_flag, positive, precision_flag, trust_remote_code_flag
 from lorakit.errors import LorakitError
+from lorakit.runs.folder import CONFIG as RUN_CONFIG
 
 API_KEY_ENV = "LORAKIT_API_KEY"
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024  # lorakit.serve.security's default (not imported: it loads starlette)
@@ -53,7 +54,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--quantize", choices=["nf4", "int8", "none"],
         help="quantise the base's Linear weights as QLoRA training did (default: what the --adapter adapters' "
-        "train_config.json says; none: a float base); an adapter trained on another kind of base is refused",
+        f"{RUN_CONFIG} says; none: a float base); an adapter trained on another kind of base is refused",
     )  # fmt: skip
     p.add_argument(
         "--api-key", default=os.environ.get(API_KEY_ENV) or None,
@@ -77,8 +78,8 @@ def add_parser(sub: Any) -> None:
 
 def served_quantization(adapters: dict[str, Path], quantize: str | None) -> str | None:
     """``--quantize`` as given ("none": a float base); unset, the kind of base the ``--adapter`` adapters were trained
-    on (their runs' train_config.json), which must then be one kind."""
-    from lorakit.cli.run_folder import trained_base
+    on (their runs' settings), which must then be one kind."""
+    from lorakit.runs.origin import trained_base
 
     if quantize is not None:
         return None if quantize == "none" else quantize
@@ -90,14 +91,13 @@ def served_quantization(adapters: dict[str, Path], quantize: str | None) -> str 
                            "serve each kind from its own server")  # fmt: skip
     scheme = next(iter(known), None)
     if scheme in ("nf4", "int8"):
-        print(f"lorakit serve: the adapters were trained by QLoRA on a {scheme} base (train_config.json): the base is "
+        print(f"lorakit serve: the adapters were trained by QLoRA on a {scheme} base ({RUN_CONFIG}): the base is "
               "quantised the same way (--quantize none for a float base)", file=sys.stderr)  # fmt: skip
         return scheme
     return None
 
 
 def command(args: argparse.Namespace) -> int:
-    from lorakit.cli.run_folder import trained_base
     from lorakit.serve.security import check_exposure
     from lorakit.serve.server import Access, parse_adapter_flags, serve
 
@@ -107,5 +107,5 @@ def command(args: argparse.Namespace) -> int:
     access = Access(args.api_key, tuple(args.cors_origin), args.max_request_bytes, args.allow_unauthenticated)
     serve(args.model, adapters, args.adapter_dir, args.host, args.port, args.max_batch, args.max_new_tokens,
           args.max_input_tokens, args.precision, args.trust_remote_code, quantize=quantize,  # type: ignore[arg-type]
-          adapter_base=trained_base, access=access, device=args.device)  # fmt: skip
+          access=access, device=args.device)  # fmt: skip
     return 0

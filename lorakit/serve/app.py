@@ -29,7 +29,7 @@ from lorakit.errors import LorakitError
 from lorakit.eval.generate import prompt_ids
 from lorakit.io import load_adapter
 from lorakit.methods.mixed import row_adapters
-from lorakit.origin import check_same_base
+from lorakit.runs.origin import check_same_base, trained_base
 from lorakit.serve.engine import Engine, Event, Sampling
 from lorakit.serve.engine import Request as EngineRequest
 from lorakit.serve.grammar import Grammars, matcher
@@ -58,10 +58,6 @@ ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 COMPILE_TIMEOUT_S = 30.0  # a schema whose grammar takes longer is refused
 
 
-def _no_base_check(_: Path) -> str | None:
-    return None
-
-
 @dataclass
 class ServerState:
     engine: Engine
@@ -73,9 +69,6 @@ class ServerState:
     base_model: str | None = None  # what --model named (None: the built-in): adapters of another base are refused
     system_prompts: dict[str, str] = field(default_factory=dict)  # adapter -> the system prompt it was trained with
     quantization: str | None = None  # the base's: "nf4", "int8", or None for float weights
-    # The base an adapter folder was trained on ("nf4", "int8", "float"; None: not known). The run-folder format
-    # belongs to the command line, which passes its reader in (``lorakit.cli.run_folder.trained_base``).
-    adapter_base: Callable[[Path], str | None] = _no_base_check
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
@@ -95,7 +88,7 @@ class ServerState:
         if name == self.base_name or name in adapter_configs(self.model):
             raise ApiError(409, f"an adapter or model named {name!r} is already loaded", "lora_name")
         origin = check_same_base(folder, self.base_model)  # one line: an adapter of another base is refused
-        trained, served = self.adapter_base(folder), self.quantization or "float"
+        trained, served = trained_base(folder), self.quantization or "float"  # as its run's settings say
         if trained is not None and trained != served:
             flag = "none" if trained == "float" else trained
             raise ApiError(400, f"adapter {name!r} was trained on a {trained} base and this server's base is {served}: "

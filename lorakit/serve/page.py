@@ -1,6 +1,6 @@
 """The playground page at ``/`` (one self-contained HTML file: no CDN, it works offline) and what it reads beside
-the OpenAI routes: the adapters (loaded and loadable), each adapter's model card and training curve (the
-``README.md`` and ``metrics.jsonl`` that ``lorakit train`` writes beside it), and the server's load.
+the OpenAI routes: the adapters (loaded and loadable), each adapter's model card and training curve (from the run
+folder ``lorakit train`` wrote it in: ``lorakit.runs.folder``), and the server's load.
 Those routes sit under ``/v1``, so an API key guards them as it guards generation."""
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
+from lorakit.io import CONFIG_NAME
 from lorakit.memory import peak_rss_mb
+from lorakit.runs.folder import beside
 from lorakit.serve.protocol import ApiError
 
 if TYPE_CHECKING:
@@ -26,44 +28,32 @@ MAX_CURVE_POINTS = 2_000  # a longer run is thinned evenly: the page draws a cur
 CONFIG_KEYS = ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "use_dora", "init_lora_weights")
 
 
-def _run_file(folder: Path, name: str) -> Path | None:
-    """``name`` in the adapter folder or, for an adapter saved inside a run folder, in the run folder."""
-    for candidate in (folder / name, folder.parent / name):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _curve(path: Path | None) -> dict[str, list[list[float]]]:
-    """[step, loss] pairs of the training and evaluation records of a ``metrics.jsonl``."""
+def _curve(records: list[dict[str, Any]]) -> dict[str, list[list[float]]]:
+    """[step, loss] pairs of a run's training and evaluation records."""
     train: list[list[float]] = []
     evals: list[list[float]] = []
-    if path is not None:
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                continue
-            for kind, key, points in (("train", "loss", train), ("eval", "eval_loss", evals)):
-                value = record.get(key)
-                if record.get("kind") == kind and isinstance(value, int | float):
-                    points.append([record["step"], float(value)])
+    for record in records:
+        if not isinstance(record.get("step"), int):
+            continue
+        for kind, key, points in (("train", "loss", train), ("eval", "eval_loss", evals)):
+            value = record.get(key)
+            if record.get("kind") == kind and isinstance(value, int | float):
+                points.append([record["step"], float(value)])
     stride = max(1, len(train) // MAX_CURVE_POINTS)
     return {"train": train[::stride], "eval": evals}
 
 
 def adapter_info(name: str, folder: Path, loaded: bool) -> dict[str, Any]:
     try:
-        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+        config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         config = {}
-    card = _run_file(folder, "README.md")
+    runs = beside(folder)  # the adapter's folder, or the run folder it was saved in
+    card = next((text for run in runs if (text := run.read_card()) is not None), None)
+    metrics = next((run.read_metrics() for run in runs if run.metrics_file.is_file()), [])
     return {
         "name": name, "loaded": loaded, "config": {k: config.get(k) for k in CONFIG_KEYS if k in config},
-        "card": card.read_text(encoding="utf-8", errors="replace")[:MAX_CARD_CHARS] if card else None,
-        "curve": _curve(_run_file(folder, "metrics.jsonl")),
+        "card": card[:MAX_CARD_CHARS] if card is not None else None, "curve": _curve(metrics),
     }  # fmt: skip
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,7 +91,6 @@ def serve(
     dtype: Dtype = "auto",
     trust_remote_code: bool = False,
     quantize: Scheme | None = None,
-    adapter_base: Callable[[Path], str | None] | None = None,
     access: Access = Access(),  # frozen: a shared default is safe
     device: str = "auto",
 ) -> None:
@@ -107,7 +106,7 @@ def serve(
         raise LorakitError(f"--adapter-dir {adapter_dir}: no such folder")
     state = build_state(
         model, adapters or {}, adapter_dir, max_batch, max_new_tokens, max_input_tokens, dtype, trust_remote_code,
-        quantize=quantize, adapter_base=adapter_base, access=access, device=device,
+        quantize=quantize, access=access, device=device,
     )  # fmt: skip
     weight = next(state.engine.model.parameters())
     print(f"lorakit serve: on {describe_device(weight.device)} in {str(weight.dtype).removeprefix('torch.')}")
@@ -121,14 +120,14 @@ def serve(
 def build_state(
     model: str | None, adapters: dict[str, Path], adapter_dir: str | None, max_batch: int = 8,
     max_new_tokens: int = 256, max_input_tokens: int = 2048, dtype: Dtype = "auto", trust_remote_code: bool = False,
-    quantize: Scheme | None = None, adapter_base: Callable[[Path], str | None] | None = None,
+    quantize: Scheme | None = None,
     access: Access = Access(),  # frozen: a shared default is safe
     device: str = "auto",
 ) -> Any:  # fmt: skip
     """A ready ``ServerState``: model, engine and the ``--adapter`` adapters loaded."""
     from lorakit.io import find_adapter_folder
-    from lorakit.origin import adapter_origin, check_same_base
-    from lorakit.serve.app import ServerState, _no_base_check
+    from lorakit.runs.origin import adapter_origin, check_same_base
+    from lorakit.serve.app import ServerState
     from lorakit.serve.protocol import ApiError
 
     for folder in adapters.values():
@@ -139,7 +138,7 @@ def build_state(
         check_same_base(folder, model)  # one line, before the model is loaded
     engine, name = load_engine(model, dtype, max_batch, trust_remote_code, quantize, device)
     state = ServerState(engine, name, Path(adapter_dir) if adapter_dir else None, max_new_tokens, max_input_tokens,
-                        base_model=model, quantization=quantize, adapter_base=adapter_base or _no_base_check,
+                        base_model=model, quantization=quantize,
                         api_key=access.api_key, cors_origins=access.cors_origins,
                         max_request_bytes=access.max_request_bytes)  # fmt: skip
     for adapter, folder in adapters.items():

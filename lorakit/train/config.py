@@ -1,7 +1,7 @@
 """``TrainConfig``: how to train (method, adapter shape, optimiser, batches, precision), as one frozen dataclass.
 
 It holds training fields only: which model, which data, where files go and how often to checkpoint are the
-caller's (``lorakit train`` adds them in ``lorakit.cli.train.RunConfig``). Each field is also a command-line flag
+caller's (a run adds them in ``lorakit.runs.config.RunConfig``). Each field is also a command-line flag
 (``--lora-alpha``) and a YAML key (the CLI derives both from the fields and their docstrings); validation happens
 once, in ``__post_init__``, and every message names the flag. The adapter configs it builds (``LoraConfig``,
 ``IA3Config``) live in ``lorakit.config``.

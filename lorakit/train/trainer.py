@@ -16,7 +16,7 @@ exists (torchrun, Ray Train), each rank calls ``step`` with its own slice of the
 are those of the whole batch: summed over ranks and divided by the global label-token count.
 
 The order of a step, top to bottom, is ``step``; the order of a run is ``fit``. Checkpoint files and run folders
-are the caller's (``lorakit train`` keeps them in ``lorakit.cli.train``).
+are the caller's (``lorakit train`` keeps them in ``lorakit.runs``).
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ from transformers import AutoModelForCausalLM
 
 import lorakit
 from lorakit.cli import main
-from lorakit.cli.run_folder import trained_quantization
 from lorakit.quant import QuantLinear, dequantize, dequantize_model, quantize_model, quantized_modules
 from lorakit.quant.backends import quantize_weight
+from lorakit.runs.origin import trained_quantization
 from lorakit.train.config import TrainConfig
 from tests.tiny import randomize_lora_b, tiny_llama
 

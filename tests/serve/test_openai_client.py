@@ -18,7 +18,6 @@ import torch
 
 import lorakit
 from lorakit.cli import main as cli_main
-from lorakit.cli.run_folder import trained_base
 from lorakit.eval.generate import prompt_ids
 from lorakit.serve.app import ServerState, create_app
 from lorakit.serve.server import Access, build_state
@@ -47,7 +46,7 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     access = Access(KEY, max_request_bytes=BODY_LIMIT)
     state: ServerState = build_state(str(tiny_model_dir), adapters, str(root), max_batch=4,
                                      max_new_tokens=SERVER_MAX_NEW, max_input_tokens=64, dtype="fp32",
-                                     adapter_base=trained_base, access=access)  # fmt: skip
+                                     access=access)  # fmt: skip
     with running(create_app(state)) as url:
         yield {"url": url, "client": openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0),
                "base": str(tiny_model_dir), "adapters": adapters, "state": state, "root": root}  # fmt: skip

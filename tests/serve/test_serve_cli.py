@@ -10,7 +10,6 @@ import openai
 import pytest
 
 from lorakit.cli import build_parser, main
-from lorakit.cli.run_folder import trained_base
 from lorakit.eval.generate import generate_batch, prompt_ids
 from lorakit.io import load_adapter
 from lorakit.models import load_model
@@ -92,7 +91,7 @@ def test_a_qlora_adapter_is_served_on_its_quantised_base(
     assert served_quantization({"q": adapter}, None) == "int8"
     assert "quantised the same way" in capsys.readouterr().err
     state = build_state(str(tiny_model_dir), {"q": adapter}, None, dtype="fp32", max_new_tokens=12,
-                        quantize="int8", adapter_base=trained_base)  # fmt: skip
+                        quantize="int8")  # fmt: skip
     try:
         assert quantized_modules(state.model), "the base's Linear weights are int8"
         with running(create_app(state)) as url:

@@ -12,14 +12,15 @@ import pytest
 import torch
 
 import lorakit
-from lorakit.cli.train import RunConfig, run
+from lorakit.runs import RunConfig, train_run
 from lorakit.tasks.contacts_eval import evaluate_contacts
 
 pytestmark = pytest.mark.integration
 
 
 def test_short_training_run_on_the_builtin_model(smollm2, tmp_path: Path) -> None:
-    result = run(RunConfig(output=str(tmp_path / "run"), max_steps=3, batch_size=4, warmup_steps=1), progress=False)
+    config = RunConfig(output=str(tmp_path / "run"), max_steps=3, batch_size=4, warmup_steps=1)
+    result = train_run(config, progress=False)
     records = [json.loads(line) for line in (result.output / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(r["loss"] > 0 for r in records)

@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from lorakit.cli import train as loop
-from lorakit.cli.train import RunConfig
+from lorakit.runs import RunConfig, train_run
 
 STEPS = 12
 # Runs `lorakit train` with the checkpoint write slowed down after its adapter half, announcing the moment with
@@ -61,7 +60,7 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_adapter(
 ) -> None:
     reference_args = _args(tiny_model_dir, small_chat_data, tmp_path / "reference")
     flags = dict(zip(reference_args[1::2], reference_args[2::2], strict=True))
-    reference = loop.run(
+    reference = train_run(
         RunConfig(model=flags["--model"], data=flags["--data"], output=flags["--output"], max_steps=STEPS,
                     batch_size=4, save_every=1, precision="fp32", lr=3e-3, warmup_steps=1, r=4, lora_alpha=8,
                     seq_len=256),

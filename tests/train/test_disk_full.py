@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 from safetensors.torch import load_file
 
-from lorakit.cli import train as loop
-from lorakit.cli.train import RunConfig
 from lorakit.errors import DiskFullError
+from lorakit.runs import RunConfig, train_run
 from lorakit.train import checkpoint
 from lorakit.train import trainer as trainer_module
 
@@ -67,7 +66,7 @@ def test_no_room_is_refused_before_training(
     started = []
     monkeypatch.setattr("lorakit.train.distributed.token_loss_sum", lambda *a, **k: started.append(1))
     with pytest.raises(DiskFullError, match=r"MiB free on its device"):
-        loop.run(_config(tiny_model_dir, small_chat_data, small_disk / "run"), progress=False)
+        train_run(_config(tiny_model_dir, small_chat_data, small_disk / "run"), progress=False)
     assert not started
 
 
@@ -84,7 +83,7 @@ def test_disk_full_at_save_time_real_device(
 
     monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_fill)
     with pytest.raises(DiskFullError, match=r"step 2; the last good checkpoint .*step-000001 is untouched"):
-        loop.run(_config(tiny_model_dir, small_chat_data, out), progress=False)
+        train_run(_config(tiny_model_dir, small_chat_data, out), progress=False)
     _check_last_good(out, 1)
 
 
@@ -108,5 +107,5 @@ def test_disk_full_at_save_time_simulated(
     monkeypatch.setattr(trainer_module, "save_checkpoint", counting_save)
     monkeypatch.setattr(os, "fsync", fsync)
     with pytest.raises(DiskFullError, match=r"step 2; the last good checkpoint .*step-000001 is untouched"):
-        loop.run(_config(tiny_model_dir, small_chat_data, out), progress=False)
+        train_run(_config(tiny_model_dir, small_chat_data, out), progress=False)
     _check_last_good(out, 1)

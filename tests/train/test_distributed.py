@@ -21,10 +21,9 @@ import torch
 from safetensors.torch import load_file
 
 import lorakit
-from lorakit.cli import train as loop
-from lorakit.cli.train import RunConfig
 from lorakit.data.tokenize import TokenizedExample
 from lorakit.errors import LorakitError
+from lorakit.runs import RunConfig, train_run
 from lorakit.train.distributed import Processes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,7 +65,7 @@ def reference(tiny_model_dir: Path, small_chat_data: Path, tmp_path_factory: pyt
     output = tmp_path_factory.mktemp("one-process")
     cfg = RunConfig(model=str(tiny_model_dir), data=str(small_chat_data), output=str(output), batch_size=4,
                       eval_data=str(small_chat_data), eval_every=2, save_every=2, **COMMON)  # type: ignore[arg-type]  # fmt: skip
-    return loop.run(cfg, progress=False).output
+    return train_run(cfg, progress=False).output
 
 
 def _assert_same_and_trained(reference: Path, got: Path, model_dir: Path) -> None:
@@ -126,7 +125,7 @@ def test_two_processes_accumulate_like_one_process(tiny_model_dir: Path, small_c
     """Batch 1 x 2 processes x 2 micro-batches (gradients synced after the second only) = 1 process, 2 x 2."""
     single = RunConfig(model=str(tiny_model_dir), data=str(small_chat_data), output=str(tmp_path / "one"),
                          batch_size=2, grad_accum=2, **COMMON)  # type: ignore[arg-type]  # fmt: skip
-    expected = loop.run(single, progress=False).output
+    expected = train_run(single, progress=False).output
     _torchrun(2, tiny_model_dir, small_chat_data, tmp_path / "two", batch_size=1, grad_accum=2)
     _assert_same_and_trained(expected, tmp_path / "two", tiny_model_dir)
 
@@ -151,7 +150,7 @@ def test_two_processes_resume_to_the_adapter_of_an_uninterrupted_run(
     cfg = RunConfig(model=str(tiny_model_dir), data=str(small_chat_data), output=str(out), resume=True,
                       **{**COMMON, **flags})  # type: ignore[arg-type]  # fmt: skip
     with pytest.raises(LorakitError, match="written by 2 processes, resumed with 1"):
-        loop.run(cfg, progress=False)
+        train_run(cfg, progress=False)
     log = _torchrun(2, tiny_model_dir, small_chat_data, out, **flags, resume=True)
     assert "at step 2" in log
     resumed = _weights(out)

@@ -9,17 +9,16 @@ from pathlib import Path
 
 import torch
 
-from lorakit.cli import train as loop
-from lorakit.cli.train import RunConfig
 from lorakit.layers import Linear
 from lorakit.loss import autocast
+from lorakit.runs import RunConfig, train_run
 from lorakit.train import trainer as trainer_module
 
 
 def _losses(model_dir: Path, data: Path, output: Path, **overrides: object) -> list[float]:
     settings = dict(model=str(model_dir), data=str(data), output=str(output), max_steps=20, batch_size=4, lr=3e-2,
                     warmup_steps=2, seq_len=256, r=4, lora_alpha=8)  # fmt: skip
-    result = loop.run(RunConfig(**{**settings, **overrides}), progress=False)  # type: ignore[arg-type]
+    result = train_run(RunConfig(**{**settings, **overrides}), progress=False)  # type: ignore[arg-type]
     records = [json.loads(line) for line in (result.output / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in records if r["kind"] == "train"]
 

@@ -11,8 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import lorakit
-from lorakit.cli import train as cli_train
 from lorakit.io import adapter_tensors
+from lorakit.runs import RunConfig, train_run
 
 SETTINGS = dict(max_steps=4, batch_size=4, lr=3e-3, warmup_steps=1, seq_len=256, r=4, lora_alpha=8)
 
@@ -110,9 +110,9 @@ def test_the_loss_scale_is_part_of_the_state(tiny_model_dir: Path, small_chat_da
 
 
 def test_lorakit_train_in_fp16_logs_the_scale(tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path) -> None:
-    config = cli_train.RunConfig(model=str(tiny_model_dir), data=str(small_chat_data), output=str(tmp_path / "run"),
+    config = RunConfig(model=str(tiny_model_dir), data=str(small_chat_data), output=str(tmp_path / "run"),
                                  device="cpu", precision="fp16", **SETTINGS)  # type: ignore[arg-type]  # fmt: skip
-    result = cli_train.run(config, progress=False)
+    result = train_run(config, progress=False)
     lines = [json.loads(line) for line in (result.output / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in lines if r["kind"] == "train"]
     assert len(train) == 4 and all(r["loss_scale"] == 2.0**16 and r["skipped"] is False for r in train)

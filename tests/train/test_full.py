@@ -11,8 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import lorakit
-from lorakit.cli import train as loop
-from lorakit.cli.train import RunConfig
+from lorakit.runs import RunConfig, train_run
 from lorakit.train import trainer as trainer_module
 
 
@@ -30,7 +29,7 @@ def _state(folder: Path) -> dict[str, torch.Tensor]:
 def test_full_fine_tuning_trains_every_weight_and_saves_a_model(
     tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    result = loop.run(_config(tiny_model_dir, small_chat_data, tmp_path / "run"), progress=False)
+    result = train_run(_config(tiny_model_dir, small_chat_data, tmp_path / "run"), progress=False)
     assert result.trainable == result.total, "full fine-tuning trains every parameter"
     assert not (result.output / "adapter_model.safetensors").exists()
     before, after = _state(tiny_model_dir), _state(result.output)
@@ -58,11 +57,11 @@ def test_full_fine_tuning_trains_every_weight_and_saves_a_model(
     monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_die)
     cfg = _config(tiny_model_dir, small_chat_data, tmp_path / "resumed", save_every=2)
     with pytest.raises(KeyboardInterrupt):
-        loop.run(cfg, progress=False)
+        train_run(cfg, progress=False)
     monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
     saved = load_file(tmp_path / "resumed" / "checkpoints" / "step-000002" / "model.safetensors")
     assert "model.embed_tokens.weight" in saved and "lm_head.weight" not in saved, "tied weights stored once"
-    resumed = loop.run(RunConfig(**{**cfg.to_dict(), "resume": True}), progress=False)
+    resumed = train_run(RunConfig(**{**cfg.to_dict(), "resume": True}), progress=False)
     again = _state(resumed.output)
     assert max((after[k] - again[k]).abs().max().item() for k in after) <= 1e-6
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 import lorakit
-from lorakit.cli import train as loop
-from lorakit.cli.train import RunConfig
+from lorakit.runs import RunConfig, train_run
 
 
 class _Payload:
@@ -30,7 +29,7 @@ def test_malicious_checkpoint_state_is_refused_unexecuted(
 ) -> None:
     cfg = RunConfig(model=str(tiny_model_dir), data=str(small_chat_data), output=str(tmp_path / "run"),
                       max_steps=4, save_every=2, batch_size=4, precision="fp32", r=4, lora_alpha=8)  # fmt: skip
-    loop.run(cfg, progress=False)
+    train_run(cfg, progress=False)
     state = sorted((tmp_path / "run" / "checkpoints").iterdir())[-1] / "trainer_state.pt"
     pwned = tmp_path / "pwned"
     state.write_bytes(pickle.dumps({"step": 1, "x": _Payload(pwned)}))

@@ -12,9 +12,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import lorakit
-from lorakit.cli import train as loop
-from lorakit.cli.train import RunConfig
 from lorakit.errors import LorakitError
+from lorakit.runs import RunConfig, folder, train_run
 from lorakit.train import trainer as trainer_module
 
 
@@ -31,8 +30,8 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 def test_training_is_deterministic_and_resume_gives_the_same_adapter(
     tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    full = loop.run(_config(tiny_model_dir, small_chat_data, tmp_path / "full", lora_dropout=0.1), progress=False)
-    again = loop.run(_config(tiny_model_dir, small_chat_data, tmp_path / "again", lora_dropout=0.1), progress=False)
+    full = train_run(_config(tiny_model_dir, small_chat_data, tmp_path / "full", lora_dropout=0.1), progress=False)
+    again = train_run(_config(tiny_model_dir, small_chat_data, tmp_path / "again", lora_dropout=0.1), progress=False)
     a, b = _weights(full.output), _weights(again.output)
     assert all(torch.equal(a[k], b[k]) for k in a), "same seed, same adapter"
 
@@ -49,10 +48,10 @@ def test_training_is_deterministic_and_resume_gives_the_same_adapter(
     monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_die)
     cfg = _config(tiny_model_dir, small_chat_data, tmp_path / "resumed", lora_dropout=0.1, save_every=2)
     with pytest.raises(KeyboardInterrupt):
-        loop.run(cfg, progress=False)
+        train_run(cfg, progress=False)
     monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
     assert not (tmp_path / "resumed" / "adapter_model.safetensors").exists()
-    resumed = loop.run(RunConfig(**{**cfg.to_dict(), "resume": True}), progress=False)
+    resumed = train_run(RunConfig(**{**cfg.to_dict(), "resume": True}), progress=False)
     c = _weights(resumed.output)
     init = lorakit.add_adapter(lorakit.load_model(str(tiny_model_dir))[0], cfg.lora_config())
     assert max((a[k] - c[k]).abs().max().item() for k in a) <= 1e-6
@@ -63,14 +62,14 @@ def test_training_is_deterministic_and_resume_gives_the_same_adapter(
 
     # A finished run has nothing to resume, unless --max-steps grows: then it goes on from its last step.
     with pytest.raises(LorakitError, match="already reached step 6 of 6"):
-        loop.run(RunConfig(**{**cfg.to_dict(), "resume": True}), progress=False)
-    longer = loop.run(RunConfig(**{**cfg.to_dict(), "resume": True, "max_steps": 8}), progress=False)
+        train_run(RunConfig(**{**cfg.to_dict(), "resume": True}), progress=False)
+    longer = train_run(RunConfig(**{**cfg.to_dict(), "resume": True, "max_steps": 8}), progress=False)
     steps = [r["step"] for r in map(json.loads, (longer.output / "metrics.jsonl").read_text().splitlines())]
     assert steps == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 def test_outputs_of_a_run(tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path) -> None:
-    result = loop.run(_config(tiny_model_dir, small_chat_data, tmp_path / "run", eval_data=str(small_chat_data),
+    result = train_run(_config(tiny_model_dir, small_chat_data, tmp_path / "run", eval_data=str(small_chat_data),
                                 eval_every=3), progress=False)  # fmt: skip
     out = result.output
     for name in ("adapter_config.json", "adapter_model.safetensors", "loss.png", "metrics.jsonl", "README.md"):
@@ -92,7 +91,7 @@ def test_eval_split_holds_out_records_for_the_eval_loss(
 ) -> None:
     from lorakit.data.jsonl import read_jsonl
 
-    result = loop.run(_config(tiny_model_dir, small_chat_data, tmp_path / "run", max_steps=1, eval_split=0.25),
+    result = train_run(_config(tiny_model_dir, small_chat_data, tmp_path / "run", max_steps=1, eval_split=0.25),
                       progress=False)  # fmt: skip
     held = read_jsonl(result.output / "held_out.jsonl")
     everything = read_jsonl(small_chat_data)
@@ -105,28 +104,28 @@ def test_eval_split_holds_out_records_for_the_eval_loss(
 
 def test_refuses_to_overwrite_a_finished_run(tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path) -> None:
     cfg = _config(tiny_model_dir, small_chat_data, tmp_path / "run", max_steps=1)
-    loop.run(cfg, progress=False)
+    train_run(cfg, progress=False)
     with pytest.raises(LorakitError, match="already holds a finished run"):
-        loop.run(cfg, progress=False)
-    loop.run(RunConfig(**{**cfg.to_dict(), "overwrite": True}), progress=False)
+        train_run(cfg, progress=False)
+    train_run(RunConfig(**{**cfg.to_dict(), "overwrite": True}), progress=False)
 
 
 def test_resume_with_other_settings_is_refused(tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path) -> None:
     cfg = _config(tiny_model_dir, small_chat_data, tmp_path / "run", max_steps=1)
-    loop.run(cfg, progress=False)
+    train_run(cfg, progress=False)
     with pytest.raises(LorakitError, match=r"different settings.*lr"):
-        loop.run(RunConfig(**{**cfg.to_dict(), "resume": True, "lr": 1.0}), progress=False)
+        train_run(RunConfig(**{**cfg.to_dict(), "resume": True, "lr": 1.0}), progress=False)
     # Padding batches further is the same run; a run saved before the flag existed (no key) resumes too.
-    saved = json.loads((tmp_path / "run" / loop.CONFIG_FILE).read_text())
+    saved = json.loads((tmp_path / "run" / folder.CONFIG).read_text())
     del saved["pad_to_multiple_of"]
-    (tmp_path / "run" / loop.CONFIG_FILE).write_text(json.dumps(saved))
+    (tmp_path / "run" / folder.CONFIG).write_text(json.dumps(saved))
     more = {**cfg.to_dict(), "resume": True, "max_steps": 2, "pad_to_multiple_of": 1}
-    assert loop.run(RunConfig(**more), progress=False).steps == 2
+    assert train_run(RunConfig(**more), progress=False).steps == 2
 
 
 def test_non_finite_loss_stops_with_the_step(tiny_model_dir: Path, small_chat_data: Path, tmp_path: Path) -> None:
     with pytest.raises(LorakitError, match=r"loss became (nan|inf) at step \d+"):
-        loop.run(_config(tiny_model_dir, small_chat_data, tmp_path / "run", lr=1e12, max_grad_norm=0.0,
+        train_run(_config(tiny_model_dir, small_chat_data, tmp_path / "run", lr=1e12, max_grad_norm=0.0,
                            max_steps=30), progress=False)  # fmt: skip
 
 

@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import lorakit
-from lorakit.cli import train as cli_train
 from lorakit.data.jsonl import read_jsonl
 from lorakit.errors import LorakitError
 from lorakit.io import adapter_tensors
+from lorakit.runs import RunConfig, train_run
 from tests.tiny import tiny_llama, token_ids
 
 SETTINGS = dict(max_steps=4, batch_size=4, lr=3e-3, warmup_steps=1, precision="fp32", seq_len=256, r=4, lora_alpha=8)
@@ -36,7 +36,7 @@ def test_fit_on_a_plain_transformers_model_is_lorakit_trains_run(
     assert result.trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
     lorakit.save_adapter(trainer.model, tmp_path / "mine")
 
-    run = cli_train.run(cli_train.RunConfig(model=str(tiny_model_dir), data=str(small_chat_data),
+    run = train_run(RunConfig(model=str(tiny_model_dir), data=str(small_chat_data),
                                             output=str(tmp_path / "cli"), **SETTINGS), progress=False)  # fmt: skip
     mine, cli = (
         load_file(tmp_path / "mine" / "adapter_model.safetensors"),

@@ -25,6 +25,7 @@ from lorakit.cli.compare.score import PROBE_QUESTIONS, PROBE_TEXT, load_model_fo
 from lorakit.cli.compare.setup import MethodSpec, TaskSetup
 from lorakit.errors import LorakitError
 from lorakit.files import write_text_atomic
+from lorakit.runs.folder import RunFolder
 
 TRIAL_FILE = "trial.json"
 SCORING = 2  # bump when scoring changes: every cached trial is then scored (and trained) again
@@ -124,8 +125,10 @@ def train_one(trial: Trial, folder: Path, ctx: Context) -> dict[str, Any]:
     if code != 0:
         tail = (folder / "train.log").read_text(encoding="utf-8").strip().splitlines()[-1:]
         raise LorakitError(f"training {trial.describe()} failed: {' '.join(tail)} (see {folder}/train.log)")
-    summary = json.loads((folder / "train_summary.json").read_text(encoding="utf-8"))
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    run = RunFolder(folder)
+    summary, rows = run.read_summary(), run.read_metrics()
+    if not summary:
+        raise LorakitError(f"training {trial.describe()} left no summary in {folder} (see {folder}/train.log)")
     seconds = sorted(r["seconds"] for r in rows if r["kind"] == "train")
     weights = "model.safetensors" if spec.method == "full" else "adapter_model.safetensors"
     return {

@@ -3,10 +3,11 @@
 An adapter fits the weights it was trained against. ``lorakit train`` records them as the adapter's
 ``base_model_name_or_path`` (a Hub name, or an absolute folder or file path; the built-in model as its Hub name,
 ``HuggingFaceTB/SmolLM2-135M-Instruct``, which ``lorakit.models`` maps to its local copy without a network), and
-when every training example opened with the same system prompt, writes it to ``system_prompt.txt`` beside the
-adapter: the model learnt to answer under it, so chat, generate and serve send it unless told otherwise.
+when every training example opened with the same system prompt, keeps it in the run folder beside the adapter
+(``lorakit.runs.folder``): the model learnt to answer under it, so chat, generate and serve send it unless told
+otherwise. A QLoRA run's settings say how its base was quantised, so the base is loaded quantised the same way.
 Adapters made elsewhere (peft, another tool) carry ``base_model_name_or_path`` too; older lorakit runs left it empty
-or wrote the built-in's short name, and their ``train_config.json`` names the model.
+or wrote the built-in's short name, and their settings name the model.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from lorakit.errors import LorakitError
 from lorakit.io import CONFIG_NAME, find_adapter_folder
 from lorakit.models import BUILTIN_HUB_ID, is_builtin
-
-TRAIN_CONFIG = "train_config.json"  # a lorakit run's settings (lorakit.cli.run_folder writes it)
-SYSTEM_PROMPT_FILE = "system_prompt.txt"  # the system prompt every training example shared, verbatim
+from lorakit.runs.folder import RunFolder, beside
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class AdapterOrigin:
 def adapter_origin(path: str | os.PathLike[str]) -> AdapterOrigin:
     """The base model and system prompt of the adapter in ``path`` (an adapter folder or a run folder holding one)."""
     folder = find_adapter_folder(path)
-    places = [folder, folder.parent] if folder != Path(path) else [folder]
+    runs = [RunFolder(folder), RunFolder(folder.parent)] if folder != Path(path) else [RunFolder(folder)]
     base: str | None = None
     try:
         config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
@@ -48,21 +48,33 @@ def adapter_origin(path: str | os.PathLike[str]) -> AdapterOrigin:
     except (OSError, ValueError):
         base = None
     if base is None:  # an adapter from before lorakit recorded its base: the run's settings name it
-        for place in places:
-            try:
-                saved = json.loads((place / TRAIN_CONFIG).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
+        for run in runs:
+            saved = run.read_config()
+            if saved is None:
                 continue
-            if isinstance(saved, dict) and "model" in saved:
+            if "model" in saved:
                 base = saved["model"] or BUILTIN_HUB_ID  # null: the built-in model
             break
-    prompt = None
-    for place in places:
-        file = place / SYSTEM_PROMPT_FILE
-        if file.is_file():
-            prompt = file.read_text(encoding="utf-8")
-            break
+    prompt = next((p for run in runs if (p := run.read_system_prompt()) is not None), None)
     return AdapterOrigin(folder, base, prompt)
+
+
+def trained_base(adapter: str | os.PathLike[str]) -> Literal["nf4", "int8", "float"] | None:
+    """The kind of base ``lorakit train`` made the adapter in this folder (or its parent) on: "nf4"/"int8" for a
+    QLoRA run, "float" for any other run, None for a folder without the run's settings (not known)."""
+    saved = next((s for run in beside(adapter) if (s := run.read_config()) is not None), None)
+    if saved is None:
+        return None
+    if saved.get("method") != "qlora":
+        return "float"
+    return "int8" if saved.get("bits") == 8 else "nf4"
+
+
+def trained_quantization(adapter: str | os.PathLike[str]) -> Literal["nf4", "int8"] | None:
+    """How the base was quantised when ``lorakit train`` made the adapter in this folder (or its parent):
+    "nf4"/"int8" for a QLoRA run, None for any other run or a folder without the run's settings."""
+    base = trained_base(adapter)
+    return None if base is None or base == "float" else base
 
 
 def recorded_name(model: str | None) -> str:

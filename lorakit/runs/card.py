@@ -1,71 +1,13 @@
-"""A ``lorakit train`` run folder: its settings (``train_config.json``), ``metrics.jsonl``, ``loss.png``, a model card
-(``README.md``), checkpoints, and ``train_summary.json``, written last, whose presence means the run finished."""
+"""What a run folder shows people: the loss curve (``plot_loss``) and the model card (``model_card``)."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from lorakit.files import atomic_write, write_text_atomic
+from lorakit.files import atomic_write
 from lorakit.models import BUILTIN_HUB_ID, is_builtin
-from lorakit.origin import TRAIN_CONFIG
-
-CONFIG_FILE = TRAIN_CONFIG  # the run's settings: every flag, as RunConfig.to_dict() gives them
-SUMMARY_FILE = "train_summary.json"  # written last: its presence means the run finished
-INITIAL_ADAPTER = "initial_adapter"  # PiSSA/OLoRA adapter as initialised, before training
-
-
-def trained_quantization(adapter: str | os.PathLike[str]) -> Literal["nf4", "int8"] | None:
-    """How the base was quantised when ``lorakit train`` made the adapter in this folder (or its parent):
-    "nf4"/"int8" for a QLoRA run, None for any other run or a folder without ``train_config.json``."""
-    base = trained_base(adapter)
-    return None if base is None or base == "float" else base
-
-
-def trained_base(adapter: str | os.PathLike[str]) -> Literal["nf4", "int8", "float"] | None:
-    """The kind of base ``lorakit train`` made the adapter in this folder (or its parent) on: "nf4"/"int8" for a
-    QLoRA run, "float" for any other run, None for a folder without ``train_config.json`` (not known)."""
-    folder = Path(adapter)
-    for candidate in (folder / CONFIG_FILE, folder.parent / CONFIG_FILE):
-        try:
-            saved = json.loads(candidate.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if not isinstance(saved, dict) or saved.get("method") != "qlora":
-            return "float"
-        return "int8" if saved.get("bits") == 8 else "nf4"
-    return None
-
-
-class MetricsLog:
-    """Appends one JSON object per line and flushes it, so a crash loses at most the line being written."""
-
-    def __init__(self, path: Path, keep_until_step: int | None = None) -> None:
-        self.path = path
-        if keep_until_step is not None and path.exists():
-            # After a resume, drop what was logged past the checkpoint: those steps run again.
-            kept = [line for line in self.read() if line.get("step", 0) <= keep_until_step]
-            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
-        elif keep_until_step is None and path.exists():
-            path.unlink()
-
-    def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
-
-    def read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        lines = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                lines.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash
-        return lines
+from lorakit.runs.folder import PLOT, SYSTEM_PROMPT
 
 
 def plot_loss(records: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -115,7 +57,7 @@ def model_card(info: dict[str, Any]) -> str:
     )  # fmt: skip
     system = info.get("system_prompt")
     prompt_note = (
-        f"\nEvery training example opened with the same system prompt, kept in `system_prompt.txt` (lorakit chat, "
+        f"\nEvery training example opened with the same system prompt, kept in `{SYSTEM_PROMPT}` (lorakit chat, "
         f"generate and serve send it unless told otherwise):\n\n```text\n{system}\n```\n"
         if system else ""
     )  # fmt: skip
@@ -142,7 +84,7 @@ Trained with lorakit {info["lorakit_version"]} on `{info["data"]}` ({info.get("d
 |---|---|
 {metrics}
 
-![loss](loss.png)
+![loss]({PLOT})
 
 ## Use it
 
@@ -162,16 +104,3 @@ model = AutoPeftModelForCausalLM.from_pretrained("{info["output"]}")
 Or merge it into a plain transformers model: `lorakit merge --adapter {info["output"]} --output merged/`.
 """
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
-
-
-class QuietLog(MetricsLog):
-    """The metrics log of ranks other than 0: they train, rank 0 writes."""
-
-    def __init__(self) -> None:
-        pass
-
-    def write(self, record: dict[str, Any]) -> None:
-        pass
-
-    def read(self) -> list[dict[str, Any]]:
-        return []
