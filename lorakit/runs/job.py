@@ -31,7 +31,7 @@ from lorakit.io import save_adapter
 from lorakit.models import load_dtype, load_model, precision_name, resolve_device, resolve_precision
 from lorakit.runs.card import model_card, plot_loss
 from lorakit.runs.config import RunConfig, output_path
-from lorakit.runs.folder import QuietLog, RunFolder
+from lorakit.runs.folder import MetricsLog, QuietLog, RunFolder
 from lorakit.runs.origin import recorded_name
 from lorakit.runs.recipe import Recipe, Supervised
 from lorakit.train.checkpoint import check_room, checkpoint_root
@@ -127,6 +127,7 @@ def _train(config: RunConfig, hooks: RunHooks, progress: bool, recipe: Recipe, s
     start_step = trainer.step_count
     metrics = run.metrics_log(start_step if config.resume else None) if procs.is_main else QuietLog()
     evaluates = recipe.evaluates() and procs.evaluates
+    last_eval: list[float] = []  # the eval loss of the last step, when the schedule measured it there
 
     def after_step(trainer: Trainer, m: dict[str, float]) -> None:
         step = int(m["step"])
@@ -135,6 +136,8 @@ def _train(config: RunConfig, hooks: RunHooks, progress: bool, recipe: Recipe, s
             eval_loss = recipe.evaluate(trainer)
             metrics.write({"kind": "eval", "step": step, "eval_loss": round(eval_loss, 5)})
             _log(procs, f"step {step}: eval loss {eval_loss:.4f}")
+            if step == total_steps:
+                last_eval.append(eval_loss)
         if config.save_every and (step % config.save_every == 0 or step == total_steps):
             trainer.save_checkpoint(run.path)  # the last checkpoint lets --resume extend a run
 
@@ -151,8 +154,9 @@ def _train(config: RunConfig, hooks: RunHooks, progress: bool, recipe: Recipe, s
         loss_value = next((r["loss"] for r in reversed(metrics.read()) if r.get("kind") == "train"), loss_value)
     final: dict[str, Any] = {"train_loss": round(loss_value, 4)}
     if evaluates:
-        final["eval_loss"] = round(recipe.evaluate(trainer), 4)
-        metrics.write({"kind": "eval", "step": total_steps, "eval_loss": final["eval_loss"]})
+        final["eval_loss"] = round(last_eval[0] if last_eval else recipe.evaluate(trainer), 4)
+        if not last_eval and not _has_eval(metrics, total_steps):  # the last step's evaluation is logged once
+            metrics.write({"kind": "eval", "step": total_steps, "eval_loss": final["eval_loss"]})
     trainer.save(run.path, initial_adapter=initial)
     seconds = time.perf_counter() - started
     if not procs.is_main:
@@ -192,6 +196,11 @@ def prepare_folder(config: RunConfig) -> RunFolder:
     if config.overwrite and not config.resume:  # a new run: nothing of the old one may be resumed or reported
         run.forget_finished()
     return run
+
+
+def _has_eval(metrics: MetricsLog, step: int) -> bool:
+    """Whether the log holds an evaluation of ``step`` (a run killed while writing its results logged it)."""
+    return any(r.get("kind") == "eval" and r.get("step") == step for r in metrics.read())
 
 
 def _log(procs: Processes, message: str) -> None:

@@ -76,7 +76,10 @@ def test_outputs_of_a_run(tiny_model_dir: Path, small_chat_data: Path, tmp_path:
         assert (out / name).exists(), name
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
-    assert [r["step"] for r in records if r["kind"] == "eval"] == [3, 6, 6]
+    # eval_every=3: steps 3 and 6, the last step once (its loss is also the summary's final eval_loss)
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [3, 6]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["final"]["eval_loss"] == round(records[-1]["eval_loss"], 4)
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
     card = (out / "README.md").read_text()
     assert "Trainable parameters" in card and "AutoPeftModelForCausalLM.from_pretrained" in card
@@ -98,6 +101,8 @@ def test_eval_split_holds_out_records_for_the_eval_loss(
     assert len(held) == 6 and all(r in everything for r in held)
     summary = json.loads((result.output / "train_summary.json").read_text())
     assert summary["n_examples"] == 18 and summary["final"]["eval_loss"] > 0
+    records = [json.loads(line) for line in (result.output / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["step"]) for r in records] == [("train", 1), ("eval", 1)], "no schedule: evaluated at the end"
     with pytest.raises(ValueError, match="--eval-split must be a share"):
         RunConfig(eval_split=1.5)
 
