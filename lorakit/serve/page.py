@@ -9,7 +9,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
@@ -18,9 +18,7 @@ from lorakit.io import CONFIG_NAME
 from lorakit.memory import peak_rss_mb
 from lorakit.runs.folder import beside
 from lorakit.serve.protocol import ApiError
-
-if TYPE_CHECKING:
-    from lorakit.serve.app import ServerState
+from lorakit.serve.state import ServerState, adapter_name, available_adapters
 
 PAGE = Path(__file__).parent / "page" / "index.html"
 MAX_CARD_CHARS = 64_000
@@ -66,8 +64,6 @@ def _rss_mb() -> float | None:
 
 
 def add_page_routes(app: FastAPI, state: ServerState) -> None:
-    from lorakit.serve.app import adapter_name, available_adapters
-
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
         return PAGE.read_text(encoding="utf-8")

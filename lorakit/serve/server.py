@@ -127,8 +127,8 @@ def build_state(
     """A ready ``ServerState``: model, engine and the ``--adapter`` adapters loaded."""
     from lorakit.io import find_adapter_folder
     from lorakit.runs.origin import adapter_origin, check_same_base
-    from lorakit.serve.app import ServerState
     from lorakit.serve.protocol import ApiError
+    from lorakit.serve.state import ServerState
 
     for folder in adapters.values():
         find_adapter_folder(folder)  # a wrong path fails before the model is loaded
