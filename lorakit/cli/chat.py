@@ -5,31 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lorakit.cli.common import (
-    ADAPTER_HELP,
-    MODEL_HELP,
-    SYSTEM_HELP,
-    device_flag,
-    model_with_adapter,
-    positive,
-    precision_flag,
-    quantize_flag,
-    system_prompt_for,
-    trust_remote_code_flag,
-)
+from lorakit.cli.common import load_flags, model_flags, model_with_adapter, reply_flags, system_prompt_for
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("chat", help="a streaming terminal chat")
-    p.add_argument("--model", help=MODEL_HELP)
-    p.add_argument("--adapter", help=ADAPTER_HELP)
-    p.add_argument("--system", help=SYSTEM_HELP)
-    p.add_argument("--max-new-tokens", type=positive, default=256, help="the longest reply, in tokens")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    device_flag(p)
-    precision_flag(p)
-    quantize_flag(p)
-    trust_remote_code_flag(p)
+    model_flags(p, system=True)
+    reply_flags(p)
+    load_flags(p)
     p.set_defaults(func=command)
 
 

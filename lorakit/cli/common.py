@@ -317,6 +317,32 @@ ADAPTER_HELP = "adapter folder (a lorakit run folder or any peft adapter); its b
 SYSTEM_HELP = "system prompt (default: the one the adapter was trained with, if any; '' for none)"
 
 
+def model_flags(parser: argparse.ArgumentParser, adapter_help: str = ADAPTER_HELP, required: bool = False,
+                system: bool = False) -> None:  # fmt: skip
+    """``--model`` and ``--adapter`` (``required``: an adapter must be given), and ``--system`` for a command that
+    chats: what a command that runs a base model with an adapter is given."""
+    parser.add_argument("--model", help=MODEL_HELP)
+    parser.add_argument("--adapter", required=required, help=adapter_help)
+    if system:
+        parser.add_argument("--system", help=SYSTEM_HELP)
+
+
+def load_flags(parser: argparse.ArgumentParser, precision: bool = True) -> None:
+    """``--device``, ``--precision`` (where the command computes in one), ``--quantize`` and ``--trust-remote-code``:
+    how such a command loads the base model."""
+    device_flag(parser)
+    if precision:
+        precision_flag(parser)
+    quantize_flag(parser)
+    trust_remote_code_flag(parser)
+
+
+def reply_flags(parser: argparse.ArgumentParser) -> None:
+    """``--max-new-tokens`` and ``--temperature``: how long a reply may be and how it is sampled."""
+    parser.add_argument("--max-new-tokens", type=positive, default=256, help="the longest reply, in tokens")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+
+
 def positive(text: str) -> int:
     try:
         value = int(text)

@@ -15,16 +15,13 @@ from typing import Any
 
 from lorakit.cli.common import (
     ADAPTER_HELP,
-    MODEL_HELP,
     base_model_for,
     base_quantization,
-    device_flag,
     load_base,
+    load_flags,
+    model_flags,
     offline_unless_hub_reachable,
     positive,
-    precision_flag,
-    quantize_flag,
-    trust_remote_code_flag,
 )
 from lorakit.data.formats import FORMATS
 from lorakit.errors import LorakitError
@@ -39,8 +36,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--task", choices=TASKS, default="auto",
                    help="auto: contacts without --data, loss for text records, generation for chat/completion "
                    "records")  # fmt: skip
-    p.add_argument("--model", help=MODEL_HELP)
-    p.add_argument("--adapter", help=ADAPTER_HELP + "; evaluated beside its base")
+    model_flags(p, ADAPTER_HELP + "; evaluated beside its base")
     p.add_argument("--data", help="held-out data, any format lorakit train reads (default for contacts: the built-in "
                    "held-out split)")  # fmt: skip
     p.add_argument("--data-format", choices=("auto", *FORMATS), default="auto",
@@ -52,10 +48,7 @@ def add_parser(sub: Any) -> None:
         "--max-new-tokens", type=positive, help=f"the longest reply (default: the longest reference + {REPLY_MARGIN})"
     )
     p.add_argument("--no-base", action="store_true", help="with --adapter: skip the base model's run")
-    device_flag(p)
-    precision_flag(p)
-    quantize_flag(p)
-    trust_remote_code_flag(p)
+    load_flags(p)
     p.set_defaults(func=command)
 
 

@@ -5,35 +5,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lorakit.cli.common import (
-    ADAPTER_HELP,
-    MODEL_HELP,
-    SYSTEM_HELP,
-    conversation,
-    device_flag,
-    model_with_adapter,
-    positive,
-    precision_flag,
-    quantize_flag,
-    system_prompt_for,
-    trust_remote_code_flag,
-)
+from lorakit.cli.common import conversation, load_flags, model_flags, model_with_adapter, reply_flags, system_prompt_for
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("generate", help="one reply to --prompt")
-    p.add_argument("--model", help=MODEL_HELP)
-    p.add_argument("--adapter", help=ADAPTER_HELP)
-    p.add_argument("--system", help=SYSTEM_HELP)
+    model_flags(p, system=True)
     p.add_argument("--prompt", required=True, help="the user message to reply to")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the top tokens of this mass")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling (--temperature > 0)")
-    p.add_argument("--max-new-tokens", type=positive, default=256, help="the longest reply, in tokens")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    device_flag(p)
-    precision_flag(p)
-    quantize_flag(p)
-    trust_remote_code_flag(p)
+    reply_flags(p)
+    load_flags(p)
     p.set_defaults(func=command)
 
 

@@ -5,30 +5,22 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lorakit.cli.common import (
-    ADAPTER_HELP,
-    MODEL_HELP,
-    base_model_for,
-    base_quantization,
-    device_flag,
-    quantize_flag,
-    trust_remote_code_flag,
-)
+from lorakit.cli.common import base_model_for, base_quantization, load_flags, model_flags
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("merge", help="base + adapter -> a plain transformers model folder")
-    p.add_argument("--model", help=MODEL_HELP)
-    p.add_argument("--adapter", required=True, help=ADAPTER_HELP)
+    model_flags(p, required=True)
     p.add_argument("--output", required=True, help="folder for the merged model (must be empty or new)")
     p.add_argument("--safe", action="store_true", help="refuse to merge non-finite weights")
-    device_flag(p)  # where the sums run; they are float32 sums whatever the device, so there is no --precision
+    # --device: where the sums run; they are float32 sums whatever the device, so there is no --precision
+    load_flags(p, precision=False)
     p.add_argument(
-        "--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
-        help="precision of the saved weights (the merge is summed in float32 and rounded once; default fp32)",
-    )  # fmt: skip
-    quantize_flag(p)
-    trust_remote_code_flag(p)
+        "--dtype",
+        choices=["fp32", "fp16", "bf16"],
+        default="fp32",
+        help="precision of the saved weights (the merge is summed in float32 and rounded once)",
+    )
     p.set_defaults(func=command)
 
 
