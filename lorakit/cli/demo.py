@@ -2,9 +2,8 @@
 
 Evaluate the base model on the held-out contacts split, train with ``lorakit train``'s defaults, evaluate the
 adapter on the whole split, and print the before/after table and where everything is. On a CPU with a C++ compiler
-the training compiles its decoder layers (``--compile``): the demo's 240 steps repay the ~35 s of compiling several
-times over (8.3 instead of 12.4 min for the whole demo at two threads, docs/speed-and-memory.md); ``--no-compile``
-trains eagerly.
+the training compiles its decoder layers (``--compile``): the demo's 240 steps repay the compile several times over
+(docs/speed-and-memory.md); ``--no-compile`` trains eagerly.
 """
 
 from __future__ import annotations

@@ -7,23 +7,19 @@ the process for everyone in it). ``lorakit train``, ``lorakit demo`` and the ben
 Set ``LORAKIT_TUNE_MALLOC=0`` to turn the allocator tuning off; a threshold you chose yourself
 (``MALLOC_MMAP_THRESHOLD_`` or ``GLIBC_TUNABLES``) always wins.
 
-Two findings shape this module (measured on the built-in model, CPU):
+Three findings shape it (measured on the built-in model, CPU; the figures are in docs/speed-and-memory.md):
 
-- A run's peak RSS crept up with every new batch length (the demo: 2.1 GB at step 1, 4.35 GB at step 240)
-  because oneDNN caches kernels per shape and glibc's heap fragments around them. The fix is in the batches
-  (``--pad-to-multiple-of``: a few lengths repeat). Trimming the heap after every step (``return_free_memory``)
-  only halved the creep and cost 19% of the step, so it is not used there.
-- glibc moves its mmap threshold up each time a mapped block is freed (from 128 KiB to at most 32 MiB), so which
-  activations land in the heap depends on what was freed before (loading, quantising). ``fix_mmap_threshold``
-  pins it at 4 MiB for training, so that no longer varies between methods, at no measured cost.
-- Even so, the same QLoRA or LoRA step peaked in one of two modes ~300-400 MiB apart from one run to the next:
-  the step's allocations were the same, byte for byte, but the heap they landed in was not. Loading left free
-  holes in it whose layout varied (the Rust tokenizer allocates in hash-map order, which changes from run to
-  run, and blocks its threads allocated end up in the main thread's malloc cache), and at every decoder layer
-  the activations either fit those holes or grew the heap ~9 MiB further. ``loading_heap`` maps loading's
-  larger blocks instead, so the heap the first step starts from is compact (3 MiB free in it instead of
-  200-280). NF4 probe runs with the first step in the high mode: 26 of 44 before, 2 of 41 after;
-  bench.qlora_memory: 6 of 18 runs (bf16, int8, NF4) before, 1 of 18 after. Loading takes no longer.
+- A run's peak RSS crept up with every new batch length, because oneDNN caches kernels per shape and glibc's heap
+  fragments around them. The fix is in the batches (``--pad-to-multiple-of``: a few lengths repeat); trimming the
+  heap after every step (``return_free_memory``) only halved the creep and cost a fifth of each step, so it is not used.
+- glibc moves its mmap threshold up each time a mapped block is freed, so which activations land in the heap
+  depends on what was freed before (loading, quantising). ``fix_mmap_threshold`` pins it for training, so that
+  no longer varies between methods, at no measured cost.
+- Even so, the same step peaked in one of two modes some hundreds of MiB apart from one run to the next: its
+  allocations were the same, byte for byte, but loading left free holes in the heap whose layout varied (the Rust
+  tokenizer allocates in hash-map order, and blocks its threads allocated end up in the main thread's malloc
+  cache), and the activations either fit those holes or grew the heap. ``loading_heap`` maps loading's larger
+  blocks instead, so the heap the first step starts from is compact; the high mode became rare.
 """
 
 from __future__ import annotations
@@ -40,8 +36,8 @@ from lorakit.runs.job import RunHooks
 
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 MMAP_THRESHOLD = 4 << 20
-"""Blocks of this size and more get their own mapping when the heap has no free room for them. 256 KiB made a
-step 60% slower; at 4 MiB the demo's speed and peak RSS did not change (2.461 vs 2.489 s/step, 2,784 vs 2,786 MB)."""
+"""Blocks of this size and more get their own mapping when the heap has no free room for them: the smallest size
+that left the demo's speed and peak RSS as they were (a smaller one slowed the step)."""
 
 
 def fix_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:

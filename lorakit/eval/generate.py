@@ -3,9 +3,8 @@
 Greedy decoding runs lorakit's own loop (``greedy_ids``) rather than transformers' ``generate``, for two savings
 that evaluation data offers: the prompt prefix every row of a batch shares (a chat template's system prompt) is run
 once and its KV cache copied to the rows, and a row that has stopped leaves the batch instead of being decoded to
-the batch's longest reply. On the demo's held-out split (batches of 50, 48 shared tokens of 63-143, replies of
-47-59 tokens on average against a longest of 68-74) greedy evaluation ran 1.15x faster (``bench.generate_speed``,
-docs/benchmarks.md); in bf16 the prefix's separate run changes the rounding, and 7 of 200 replies. Sampling goes through
+the batch's longest reply (what that saves: ``bench.generate_speed``, docs/benchmarks.md); in bf16 the prefix's
+separate run changes the rounding, and with it a few replies. Sampling goes through
 ``generate``, and so does a model that does not decode with transformers' ``DynamicCache`` or whose
 ``generation_config`` changes greedy decoding (``GREEDY_SETTINGS``: a repetition penalty, banned words...).
 """

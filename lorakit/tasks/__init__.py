@@ -1,2 +1,3 @@
-"""The built-in tasks: contacts (extract contact details as JSON) and knowledge (new facts), with their generators,
-shipped files (``builtin/``) and scorers."""
+"""The built-in tasks: contacts (extract contact details as JSON: its generator and spec, shipped files in
+``builtin/``, the demo's settings, the scorer ``contacts_metrics`` and the evaluation ``contacts_eval``) and
+knowledge (new facts)."""

@@ -1,9 +1,8 @@
 """Attention in float32 on a CPU, for a model that otherwise computes in bf16.
 
-PyTorch's CPU flash-attention kernel is slower in bf16 than in fp32 (torch 2.13, Zen 4 with AVX-512 BF16):
-forward + backward of one SmolLM2 layer's attention (4 x 9 heads x 167 queries x 214 keys x 64) takes 32-36 ms
-in bf16 and 20-25 ms in fp32 on one thread; measured in a training step, that is ~10% of the step. So when
-training runs in bf16 on a CPU, q, k and v are cast to fp32 for the attention (each is (B, heads, T, 64): the
+PyTorch's CPU flash-attention kernel is slower in bf16 than in fp32 (torch 2.13, on a CPU with AVX-512 BF16;
+measured in docs/speed-and-memory.md), and the attention is a tenth of a training step. So when training runs in
+bf16 on a CPU, q, k and v are cast to fp32 for the attention (each is (B, heads, T, 64): the
 casts cost far less than they save) and the output is cast back. The projections around it stay in bf16.
 
 This is transformers' own ``sdpa`` attention with the casts around it. transformers finds a model's attention
@@ -48,7 +47,7 @@ def sdpa_fp32(
         if attention_mask is not None and groups > 1 and query.shape[2] > 1 and plain:
             # With a (padding) mask, transformers repeats k and v for each query head (B, kv, S, d) -> (B, heads,
             # S, d); the kernel's own grouped-query mode reads them in place: same result, no copies and no sum
-            # over the copies in the backward (1 thread, fp32: 18 instead of 24 ms per layer, fwd+bwd).
+            # over the copies in the backward (a quarter less time per layer, docs/speed-and-memory.md).
             out = F.scaled_dot_product_attention(
                 query.float(), key.float(), value.float(), attn_mask=attention_mask,
                 dropout_p=kwargs.get("dropout", 0.0), scale=kwargs.get("scaling"), enable_gqa=True,

@@ -13,8 +13,8 @@ removes it on the way out: outside the trainer's steps (evaluation, generation, 
 plain eager code, and nothing of the class or of transformers is patched. A layer call with a KV cache runs
 eagerly: the cache is indexed by the layer's number, which the compiled code would specialise on, one graph per
 layer. So the trainer with compiled layers runs a batch's shared prompt prefix with every row instead of once
-(``lorakit.loss``'s prefix pass uses a cache): on the demo's batches the compiled whole rows are still the faster
-(1.33x at two threads; compiling only the MLP and keeping the shared prefix: 1.10x; docs/speed-and-memory.md).
+(``lorakit.loss``'s prefix pass uses a cache): on the demo's batches the compiled whole rows are still the faster,
+more so than compiling only the MLP and keeping the shared prefix (docs/speed-and-memory.md).
 
 Shapes. The batch's sequence length varies from step to step; the activations' dimensions are compiled as
 symbols (``dynamic=True``; parameter shapes stay fixed), so a new length reuses the compiled code instead of
