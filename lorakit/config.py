@@ -131,8 +131,11 @@ class LoraConfig:
             if not isinstance(getattr(self, name), bool):
                 raise _fail(name, "true or false", getattr(self, name))
         if not is_init_mode(self.init_lora_weights):
-            raise _fail("init_lora_weights", "True, False, 'gaussian', 'pissa', 'pissa_niter_<K>' or 'olora'",
-                        self.init_lora_weights)  # fmt: skip
+            raise _fail(
+                "init_lora_weights",
+                "True, False, 'gaussian', 'pissa', 'pissa_niter_<K>' or 'olora'",
+                self.init_lora_weights,
+            )
         if not isinstance(self.rank_pattern, dict) or not all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0
             for k, v in self.rank_pattern.items()

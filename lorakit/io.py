@@ -124,8 +124,10 @@ def _converted_to_lora(
     if not isinstance(config, LoraConfig) or config.use_dora:
         raise AdapterError("initial_adapter converts PiSSA/OLoRA LoRA adapters only (not IA3 or DoRA)")
     if config.use_rslora and (config.rank_pattern or config.alpha_pattern):
-        raise AdapterError("initial_adapter: converting an rsLoRA adapter with rank_pattern/alpha_pattern is not "
-                           "supported (as in peft)")  # fmt: skip
+        raise AdapterError(
+            "initial_adapter: converting an rsLoRA adapter with rank_pattern/alpha_pattern is not "
+            "supported (as in peft)"
+        )
     folder = find_adapter_folder(initial_adapter)
     initial = {k if k.startswith(PREFIX) else PREFIX + k: v for k, v in read_adapter_weights(folder).items()}
     try:

@@ -272,8 +272,9 @@ def _linear_params(model: nn.Module, with_head: bool = True) -> int:
     return total
 
 
-def estimate_memory(model: nn.Module, config: Any, method: Method, trainable: int, targets: list[str],
-                    s: PlanSettings) -> Memory:  # fmt: skip
+def estimate_memory(
+    model: nn.Module, config: Any, method: Method, trainable: int, targets: list[str], s: PlanSettings
+) -> Memory:
     """Bytes of weights, gradients, optimiser state and activations (see the module docstring)."""
     base = sum(p.numel() for p in model.parameters())
     stored, act = _bytes(s.precision)
@@ -315,8 +316,9 @@ def adapter_file_bytes(method: Method, trainable: int, n_tensors: int, precision
     return trainable * per + 100 * n_tensors
 
 
-def plan_methods(spec: str | None, settings: PlanSettings, methods: tuple[Method, ...] = PLAN_METHODS
-                 ) -> tuple[str, int, dict[str, MethodPlan]]:  # fmt: skip
+def plan_methods(
+    spec: str | None, settings: PlanSettings, methods: tuple[Method, ...] = PLAN_METHODS
+) -> tuple[str, int, dict[str, MethodPlan]]:
     """(model name, base parameters, per-method plan) for ``spec`` at ``settings``."""
     config = model_config(spec)
     model = meta_model(config)

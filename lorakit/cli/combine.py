@@ -146,6 +146,8 @@ def command(args: argparse.Namespace) -> int:
     done = combine_to_folder(base, args.adapter, parse_weights(args.weights), args.output, args.method,
                              args.rank, args.overwrite, args.trust_remote_code)  # fmt: skip
     recorded = f" (base model {base}, recorded with the adapters)" if base and not args.model else ""
-    print(f"combined {len(args.adapter)} adapter(s) with method {done.method} into a rank-{done.rank} adapter "
-          f"in {done.folder}/{recorded}")  # fmt: skip
+    print(
+        f"combined {len(args.adapter)} adapter(s) with method {done.method} into a rank-{done.rank} adapter "
+        f"in {done.folder}/{recorded}"
+    )
     return 0

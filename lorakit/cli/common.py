@@ -47,8 +47,9 @@ class Parser(argparse.ArgumentParser):
     def _unknown_flag(self, flag: str) -> tuple[str, str | None]:
         """("unknown flag --x" with the commands that take it, or the closest flag of the subcommand run, or of the
         whole tool without one; the subcommand run)."""
-        commands = {name: p for a in self._actions if isinstance(a, argparse._SubParsersAction)
-                    for name, p in a.choices.items()}  # fmt: skip
+        commands = {
+            name: p for a in self._actions if isinstance(a, argparse._SubParsersAction) for name, p in a.choices.items()
+        }
         chosen = next((t for t in self._argv or [] if t in commands), None)
         others = [n for n, p in commands.items() if n != chosen and any(flag in a.option_strings for a in p._actions)]
         if chosen and others:
@@ -92,8 +93,9 @@ def config_flags(parser: argparse.ArgumentParser, cls: type[TrainConfig]) -> Non
         if kind is bool:
             parser.add_argument(*flags, dest=field.name, action="store_true", default=argparse.SUPPRESS, help=doc)
             continue
-        parser.add_argument(*flags, dest=field.name, type=kind, default=argparse.SUPPRESS,
-                            metavar=field.name.upper(), help=doc)  # fmt: skip
+        parser.add_argument(
+            *flags, dest=field.name, type=kind, default=argparse.SUPPRESS, metavar=field.name.upper(), help=doc
+        )
 
 
 def _flag_type(hint: Any) -> tuple[type, tuple[Any, ...]]:
@@ -203,16 +205,20 @@ def say_where(model: Any) -> None:
 
 def device_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--device", default="auto", metavar="DEVICE",
+        "--device",
+        default="auto",
+        metavar="DEVICE",
         help="auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps (default: auto)",
-    )  # fmt: skip
+    )
 
 
 def precision_flag(parser: argparse.ArgumentParser, what: str = "weights and compute") -> None:
     parser.add_argument(
-        "--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
         help=f"{what}: auto = bf16 where the device runs it natively, else fp16 on CUDA, else fp32 (default: auto)",
-    )  # fmt: skip
+    )
 
 
 def base_model_for(model: str | None, adapter: str | None, announce: bool = True) -> str | None:
@@ -302,10 +308,11 @@ def base_quantization(adapter: str | None, quantize: str | None) -> str | None:
 
 def quantize_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--quantize", choices=["nf4", "int8", "none"],
+        "--quantize",
+        choices=["nf4", "int8", "none"],
         help="quantise the base's Linear weights as QLoRA training did (train --method qlora --bits 4: nf4, 8: int8;"
         f" the default for an adapter whose {RUN_CONFIG} says so; none: a float base)",
-    )  # fmt: skip
+    )
 
 
 def trust_remote_code_flag(parser: argparse.ArgumentParser) -> None:
@@ -317,8 +324,9 @@ ADAPTER_HELP = "adapter folder (a lorakit run folder or any peft adapter); its b
 SYSTEM_HELP = "system prompt (default: the one the adapter was trained with, if any; '' for none)"
 
 
-def model_flags(parser: argparse.ArgumentParser, adapter_help: str = ADAPTER_HELP, required: bool = False,
-                system: bool = False) -> None:  # fmt: skip
+def model_flags(
+    parser: argparse.ArgumentParser, adapter_help: str = ADAPTER_HELP, required: bool = False, system: bool = False
+) -> None:
     """``--model`` and ``--adapter`` (``required``: an adapter must be given), and ``--system`` for a command that
     chats: what a command that runs a base model with an adapter is given."""
     parser.add_argument("--model", help=MODEL_HELP)

@@ -33,12 +33,17 @@ SHOWN = ("n", "exact_match", "token_f1", "rouge_l", "json_valid", "field_accurac
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("eval", help="a model, or an adapter beside its base, on held-out data")
-    p.add_argument("--task", choices=TASKS, default="auto",
-                   help="auto: contacts without --data, loss for text records, generation for chat/completion "
-                   "records")  # fmt: skip
+    p.add_argument(
+        "--task",
+        choices=TASKS,
+        default="auto",
+        help="auto: contacts without --data, loss for text records, generation for chat/completion records",
+    )
     model_flags(p, ADAPTER_HELP + "; evaluated beside its base")
-    p.add_argument("--data", help="held-out data, any format lorakit train reads (default for contacts: the built-in "
-                   "held-out split)")  # fmt: skip
+    p.add_argument(
+        "--data",
+        help="held-out data, any format lorakit train reads (default for contacts: the built-in held-out split)",
+    )
     p.add_argument("--data-format", choices=("auto", *FORMATS), default="auto",
                    help="record format of --data; auto: read from the first record's keys")  # fmt: skip
     p.add_argument("--output", help="write metrics and every prediction to this JSON file")
@@ -69,8 +74,9 @@ def pick_task(task: str, data: str | None, data_format: str) -> tuple[str, list[
     return task, records
 
 
-def evaluate(args: argparse.Namespace, task: str, records: list[dict] | None, model: Any, tokenizer: Any,
-             desc: str) -> dict[str, Any]:  # fmt: skip
+def evaluate(
+    args: argparse.Namespace, task: str, records: list[dict] | None, model: Any, tokenizer: Any, desc: str
+) -> dict[str, Any]:
     from lorakit.eval.perplexity import evaluate_loss
     from lorakit.eval.replies import evaluate_generation
     from lorakit.tasks.contacts_eval import evaluate_contacts

@@ -19,9 +19,10 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--merge", action="store_true", help="write base + adapter merged, as one GGUF model")
     p.add_argument(
-        "--dtype", choices=["fp32", "fp16", "bf16", "q8_0"],
+        "--dtype",
+        choices=["fp32", "fp16", "bf16", "q8_0"],
         help="tensor precision (default: fp32 for a LoRA file, fp16 for --merge); norms stay fp32",
-    )  # fmt: skip
+    )
     quantize_flag(p)
     trust_remote_code_flag(p)
     p.set_defaults(func=command)

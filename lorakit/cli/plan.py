@@ -14,8 +14,9 @@ from lorakit.errors import LorakitError
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("plan", help="trainable parameters and training memory per method, from the config alone")
     p.add_argument("--model", help="preset (smollm2-135m, llama-3-8b, llama-2-70b, gpt3-175b), config.json or folder")
-    p.add_argument("--method", choices=METHODS, default="lora",
-                   help="the method --json reports counts for (the table shows all)")  # fmt: skip
+    p.add_argument(
+        "--method", choices=METHODS, default="lora", help="the method --json reports counts for (the table shows all)"
+    )
     p.add_argument("--r", type=positive, default=16, help="LoRA rank")
     p.add_argument("--target-modules", default="all-linear", help="comma list, regex or all-linear")
     p.add_argument("--batch-size", type=positive, default=8, help="examples per micro-batch")

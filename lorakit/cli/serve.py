@@ -52,26 +52,34 @@ def add_parser(sub: Any) -> None:
                    default=argparse.SUPPRESS,
                    help="deprecated: the old name of --precision (default: unset, --precision decides)")  # fmt: skip
     p.add_argument(
-        "--quantize", choices=["nf4", "int8", "none"],
+        "--quantize",
+        choices=["nf4", "int8", "none"],
         help="quantise the base's Linear weights as QLoRA training did (default: what the --adapter adapters' "
         f"{RUN_CONFIG} says; none: a float base); an adapter trained on another kind of base is refused",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--api-key", default=os.environ.get(API_KEY_ENV) or None,
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV) or None,
         help=f"require 'Authorization: Bearer KEY' on every /v1 route (default: ${API_KEY_ENV})",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--allow-unauthenticated", action="store_true",
+        "--allow-unauthenticated",
+        action="store_true",
         help="serve a non-loopback --host without an API key (anyone who reaches the port may use it)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--cors-origin", action="append", default=[], metavar="ORIGIN",
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
         help="let web pages from ORIGIN (e.g. https://app.example.com) call the API; none by default",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--max-request-bytes", type=positive, default=DEFAULT_MAX_REQUEST_BYTES,
+        "--max-request-bytes",
+        type=positive,
+        default=DEFAULT_MAX_REQUEST_BYTES,
         help="larger request bodies are refused (413) before they are read",
-    )  # fmt: skip
+    )
     trust_remote_code_flag(p)
     p.set_defaults(func=command)
 
@@ -87,12 +95,17 @@ def served_quantization(adapters: dict[str, Path], quantize: str | None) -> str 
     known = {kind for kind in kinds.values() if kind is not None}
     if len(known) > 1:
         listed = ", ".join(f"{name}: {kind}" for name, kind in kinds.items() if kind)
-        raise LorakitError(f"--adapter: these adapters were trained on different kinds of base ({listed}); "
-                           "serve each kind from its own server")  # fmt: skip
+        raise LorakitError(
+            f"--adapter: these adapters were trained on different kinds of base ({listed}); "
+            "serve each kind from its own server"
+        )
     scheme = next(iter(known), None)
     if scheme in ("nf4", "int8"):
-        print(f"lorakit serve: the adapters were trained by QLoRA on a {scheme} base ({RUN_CONFIG}): the base is "
-              "quantised the same way (--quantize none for a float base)", file=sys.stderr)  # fmt: skip
+        print(
+            f"lorakit serve: the adapters were trained by QLoRA on a {scheme} base ({RUN_CONFIG}): the base is "
+            "quantised the same way (--quantize none for a float base)",
+            file=sys.stderr,
+        )
         return scheme
     return None
 

@@ -126,9 +126,10 @@ def _hub_rows(source: str) -> Rows:
         text = str(exc).split("\n")[0]
         if offline or "OfflineModeIsEnabled" in text or isinstance(exc, ConnectionError):
             raise DataError(
-                source, "not a local file, and the Hugging Face Hub cannot be reached (offline): download the "
-                "dataset where there is a network and pass the file or save_to_disk folder"
-            ) from None  # fmt: skip
+                source,
+                "not a local file, and the Hugging Face Hub cannot be reached (offline): download the "
+                "dataset where there is a network and pass the file or save_to_disk folder",
+            ) from None
         raise DataError(source, f"not a local file, and the Hugging Face Hub could not provide it ({text})") from None
     return _rows_of_table(list(loaded), source)
 
@@ -150,8 +151,11 @@ def _rows_of_table(rows: list[dict], source: str) -> Rows:
     (a message without ``weight``): those nulls are dropped, from the row and from each message."""
     out: Rows = []
     for number, full_row in enumerate(rows, start=1):
-        row = {k: _without_nulls(v) if k in ("messages", "conversations") else v
-               for k, v in full_row.items() if v is not None}  # fmt: skip
+        row = {
+            k: _without_nulls(v) if k in ("messages", "conversations") else v
+            for k, v in full_row.items()
+            if v is not None
+        }
         for key in JSON_COLUMNS:  # a CSV cell holding a list or object written as JSON text
             cell = row.get(key)
             if isinstance(cell, str) and cell.lstrip().startswith(("[", "{")):

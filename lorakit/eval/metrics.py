@@ -70,9 +70,10 @@ def score_replies(replies: Sequence[str], references: Sequence[str]) -> tuple[di
             row["exact_match"] = float(got == want)
             row["json_valid"] = float(got is not None)
             row["field_accuracy"] = (
-                sum(1 for k, v in want.items() if k in got and got[k] == v) / len(want) if got is not None and want
+                sum(1 for k, v in want.items() if k in got and got[k] == v) / len(want)
+                if got is not None and want
                 else float(got == want)
-            )  # fmt: skip
+            )
         else:
             row["exact_match"] = float(reply.strip() == reference.strip())
         row["token_f1"] = token_f1(reply, reference)

@@ -123,11 +123,12 @@ def config_from_gguf(path: Path) -> dict[str, Any]:
         "num_hidden_layers": int(get("llama.block_count")),
         "hidden_size": hidden,
         "intermediate_size": int(get("llama.feed_forward_length")),
-        "head_dim": int(fields["llama.attention.key_length"].contents()) if "llama.attention.key_length" in fields
+        "head_dim": int(fields["llama.attention.key_length"].contents())
+        if "llama.attention.key_length" in fields
         else hidden // n_head,
         "vocab_size": vocab,
         "tie_word_embeddings": "output.weight" not in names,
-    }  # fmt: skip
+    }
 
 
 def _check_dtype(dtype: str) -> GGUFDtype:

@@ -81,16 +81,21 @@ def lora_gguf_tensors(
         parts = pairs[module]
         name = gguf_name(module)
         if name is None:
-            raise LorakitError(f"{source}: module {module!r} has no llama.cpp tensor (llama.cpp adapts Linear layers "
-                               "of the blocks, the token embedding and the output head)")  # fmt: skip
+            raise LorakitError(
+                f"{source}: module {module!r} has no llama.cpp tensor (llama.cpp adapts Linear layers "
+                "of the blocks, the token embedding and the output head)"
+            )
         embedding = "lora_embedding_A" in parts or "lora_embedding_B" in parts
         a = parts.get("lora_embedding_A" if embedding else "lora_A.weight")
         b = parts.get("lora_embedding_B" if embedding else "lora_B.weight")
         if a is None or b is None or a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
             raise LorakitError(f"{source}: module {module!r} lacks a matching LoRA A, B pair")
         if layout.tied and name in ("token_embd", "output"):
-            raise _refuse(source, f"{module} is adapted but the base ties its embedding and output head "
-                          "(llama.cpp would apply the update to both)")  # fmt: skip
+            raise _refuse(
+                source,
+                f"{module} is adapted but the base ties its embedding and output head "
+                "(llama.cpp would apply the update to both)",
+            )
         r = a.shape[0]
         r_config, alpha_m = config.rank_and_alpha(module)
         if r != r_config:

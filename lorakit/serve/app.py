@@ -151,8 +151,11 @@ def _error(err: ApiError) -> JSONResponse:
 
 
 def create_app(state: ServerState) -> FastAPI:
-    app = FastAPI(title="lorakit serve", description="OpenAI-compatible endpoints for a base model and its LoRA "
-                  "adapters, with vLLM's adapter loading; the playground page is at /.")  # fmt: skip
+    app = FastAPI(
+        title="lorakit serve",
+        description="OpenAI-compatible endpoints for a base model and its LoRA "
+        "adapters, with vLLM's adapter loading; the playground page is at /.",
+    )
     # Added innermost first: CORS answers preflights before the key is checked; the key is checked before a body is
     # read; the body limit applies to whatever is read.
     app.add_middleware(BodyLimitMiddleware, limit=state.max_request_bytes)
@@ -176,8 +179,9 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, err: HTTPException) -> JSONResponse:  # 404 route, 405 method, 413 body
-        return JSONResponse(ApiError(err.status_code, str(err.detail)).body(), status_code=err.status_code,
-                            headers=err.headers)  # fmt: skip
+        return JSONResponse(
+            ApiError(err.status_code, str(err.detail)).body(), status_code=err.status_code, headers=err.headers
+        )
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

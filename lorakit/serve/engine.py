@@ -229,8 +229,9 @@ class Engine:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): padding does not advance a row's positions
         kwargs = {self._cache_kwarg: None}
         ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
-        logits, cache = self._forward([r.adapter for r in admit], input_ids=ids, attention_mask=mask,
-                                      position_ids=positions, **kwargs)  # fmt: skip
+        logits, cache = self._forward(
+            [r.adapter for r in admit], input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs
+        )
         self._join(cache, mask, mask.sum(-1), admit)
         self._running.extend(admit)
         self._accept(admit, logits, rows=range(len(self._running) - len(admit), len(self._running)))

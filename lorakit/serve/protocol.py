@@ -288,8 +288,9 @@ def chat_response(rid: str, model: str, prompt_tokens: int, choices: list[Choice
             "choices": listed, "usage": usage(prompt_tokens, choices)}  # fmt: skip
 
 
-def chat_chunk(rid: str, model: str, index: int, delta: dict[str, str], finish: str | None,
-               logprobs: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def chat_chunk(
+    rid: str, model: str, index: int, delta: dict[str, str], finish: str | None, logprobs: dict[str, Any] | None = None
+) -> dict[str, Any]:
     choice = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
     return {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
             "choices": [choice]}  # fmt: skip
@@ -301,8 +302,9 @@ def usage_chunk(rid: str, model: str, kind: str, prompt_tokens: int, choices: li
             "usage": usage(prompt_tokens, choices)}  # fmt: skip
 
 
-def completion_response(rid: str, model: str, prompt_tokens: int, choices: list[Choice],
-                        texts: TokenTexts) -> dict[str, Any]:  # fmt: skip
+def completion_response(
+    rid: str, model: str, prompt_tokens: int, choices: list[Choice], texts: TokenTexts
+) -> dict[str, Any]:
     listed = [{"index": i, "text": c.text, "finish_reason": c.last.finish_reason,
                "logprobs": None if c.logprobs is None else completion_logprobs(c.logprobs, texts)}
               for i, c in enumerate(choices)]  # fmt: skip
@@ -310,7 +312,8 @@ def completion_response(rid: str, model: str, prompt_tokens: int, choices: list[
             "choices": listed, "usage": usage(prompt_tokens, choices)}  # fmt: skip
 
 
-def completion_chunk(rid: str, model: str, index: int, text: str, finish: str | None,
-                     logprobs: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def completion_chunk(
+    rid: str, model: str, index: int, text: str, finish: str | None, logprobs: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
             "choices": [{"index": index, "text": text, "finish_reason": finish, "logprobs": logprobs}]}  # fmt: skip

@@ -111,8 +111,10 @@ def serve(
     weight = next(state.engine.model.parameters())
     print(f"lorakit serve: on {describe_device(weight.device)} in {str(weight.dtype).removeprefix('torch.')}")
     shown = f"[{host}]" if ":" in host else host
-    print(f"lorakit serve: http://{shown}:{port}/ (playground), http://{shown}:{port}/v1  "
-          f"models: {', '.join([state.base_name, *state.adapters])}")  # fmt: skip
+    print(
+        f"lorakit serve: http://{shown}:{port}/ (playground), http://{shown}:{port}/v1  "
+        f"models: {', '.join([state.base_name, *state.adapters])}"
+    )
     uvicorn.run(create_app(state), host=host, port=port, log_level="warning")
     state.engine.close()
 

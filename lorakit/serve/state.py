@@ -98,8 +98,9 @@ def adapter_folder(state: ServerState, path: str) -> Path:
     """``path`` as a folder inside ``--adapter-dir`` (relative paths start there); anything outside it is refused,
     symbolic links followed."""
     if state.adapter_dir is None:
-        raise ApiError(400, "this server was started without --adapter-dir, so it loads no adapters at run time",
-                       "lora_path")  # fmt: skip
+        raise ApiError(
+            400, "this server was started without --adapter-dir, so it loads no adapters at run time", "lora_path"
+        )
     root = state.adapter_dir.resolve()
     try:
         folder = (state.adapter_dir / path).resolve()

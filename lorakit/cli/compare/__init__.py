@@ -144,28 +144,41 @@ def run_compare(setups: list[TaskSetup], methods: list[MethodSpec], budget: Budg
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("compare", help="LoRA vs full fine-tuning: rates swept, seeds, forgetting at equal score")
-    p.add_argument("--task", choices=["format", "knowledge", "both"],
-                   help="the built-in tasks: format (contacts JSON), knowledge (new facts) or both (the "
-                   "default)")  # fmt: skip
-    p.add_argument("--data", help="your own training data (any format lorakit train reads) instead of the built-in "
-                   "tasks; validation (and without --eval-data, test) records are drawn from it")  # fmt: skip
+    p.add_argument(
+        "--task",
+        choices=["format", "knowledge", "both"],
+        help="the built-in tasks: format (contacts JSON), knowledge (new facts) or both (the default)",
+    )
+    p.add_argument(
+        "--data",
+        help="your own training data (any format lorakit train reads) instead of the built-in "
+        "tasks; validation (and without --eval-data, test) records are drawn from it",
+    )
     p.add_argument("--eval-data", help="with --data: held-out records the report's test scores come from")
     p.add_argument("--data-format", choices=("auto", *FORMATS), default="auto",
                    help="record format of --data and --eval-data; auto: read from the first record's keys")  # fmt: skip
-    p.add_argument("--methods", default=DEFAULT_METHODS,
-                   help="comma list of full, lora:r=N[:targets=a+b][:alpha=N][:lr=X or X+Y+Z] "
-                   "(no lr: swept)")  # fmt: skip
-    p.add_argument("--budget", choices=["small", "full"], default="small",
-                   help="small: the sweep at half the steps, one seed; full: the sweep, then 3 seeds at the "
-                   "best rate")  # fmt: skip
+    p.add_argument(
+        "--methods",
+        default=DEFAULT_METHODS,
+        help="comma list of full, lora:r=N[:targets=a+b][:alpha=N][:lr=X or X+Y+Z] (no lr: swept)",
+    )
+    p.add_argument(
+        "--budget",
+        choices=["small", "full"],
+        default="small",
+        help="small: the sweep at half the steps, one seed; full: the sweep, then 3 seeds at the best rate",
+    )
     p.add_argument("--quick", action="store_true", help="2 steps on tiny subsets, 2 rates, 2 seeds (for tests)")
     p.add_argument("--seeds", type=positive, help="seeds at each method's best rate (default: the budget's)")
     p.add_argument("--steps", type=positive, help="optimiser steps per trial (default: the budget's, per task)")
     p.add_argument("--limit", type=positive, help="score only the first N test items of each task")
     p.add_argument("--output", help="folder for the report, plots and cached trials (default runs/compare-BUDGET)")
     p.add_argument("--model", help="base model (default: the built-in SmolLM2-135M-Instruct)")
-    p.add_argument("--keep-weights", action="store_true", help="keep each full fine-tuning trial's model (0.5 GB "
-                   "for the built-in model; adapters are always kept)")  # fmt: skip
+    p.add_argument(
+        "--keep-weights",
+        action="store_true",
+        help="keep each full fine-tuning trial's model (0.5 GB for the built-in model; adapters are always kept)",
+    )
     device_flag(p)
     precision_flag(p, "training and scoring")
     p.set_defaults(func=command)
@@ -195,8 +208,10 @@ def command(args: argparse.Namespace) -> int:
         report = run_compare(setups, methods, budget, output, args.model, command, args.device, args.precision,
                              args.seeds, args.keep_weights)  # fmt: skip
     except KeyboardInterrupt:
-        print(f"lorakit compare: stopped; the same command continues from the trials kept in {output}/trials",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"lorakit compare: stopped; the same command continues from the trials kept in {output}/trials",
+            file=sys.stderr,
+        )
         raise
     print(f"report and plots in {report.parent}/ ({report.name})")
     return 0

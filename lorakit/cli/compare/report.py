@@ -49,11 +49,15 @@ def curves(payload: dict[str, Any], task: str) -> dict[str, list[dict[str, float
         points = []
         for lr in sorted({t["lr"] for t in rows}):
             at = [t for t in rows if t["lr"] == lr]
-            gains = [learning(t["test"][info["metric"]], base["test"][info["metric"]], info["higher_is_better"])
-                     for t in at]  # fmt: skip
+            gains = [
+                learning(t["test"][info["metric"]], base["test"][info["metric"]], info["higher_is_better"]) for t in at
+            ]
             point: dict[str, float] = {"lr": lr, "n": len(at)}
-            for key, values in (("learning", gains), ("ppl", [ppl_change(t, base) for t in at]),
-                                ("lost", [lost(t) for t in at])):  # fmt: skip
+            for key, values in (
+                ("learning", gains),
+                ("ppl", [ppl_change(t, base) for t in at]),
+                ("lost", [lost(t) for t in at]),
+            ):
                 point[key], point[f"{key}_sd"] = mean_std(values)
             points.append(point)
         out[method["label"]] = points
@@ -101,8 +105,10 @@ def _seed_table(payload: dict[str, Any], task: str) -> tuple[str, list[str]]:
     head = ["method", "lr", "seeds", f"test {metric} (mean ± sd)", "per seed", "probe ppl change",
             "probe questions lost", "trainable", "on disk", "peak RSS", "s/step"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines.append(f"| base | - | - | {base['test'][metric]:.3f} | - | {base['probe']['perplexity']:.2f} (ppl) | - | "
-                 "- | - | - | - |")  # fmt: skip
+    lines.append(
+        f"| base | - | - | {base['test'][metric]:.3f} | - | {base['probe']['perplexity']:.2f} (ppl) | - | "
+        "- | - | - | - |"
+    )
     notes = []
     for method in payload["settings"]["methods"]:
         label = method["label"]
@@ -219,12 +225,16 @@ def figures(payload: dict[str, Any], images: str = "", level: int = 2) -> str:
     compute = sum(t["seconds"] for t in payload["trials"]) / 60
     methods = "; ".join(
         f"{m['label']} (lr {' / '.join(f'{r:g}' for r in m['rates'])}{'' if m['swept'] else ', not swept'}"
-        + (f", lora_alpha {m['lora_alpha']:g}" if "lora_alpha" in m else "") + ")" for m in s["methods"]
-    )  # fmt: skip
+        + (f", lora_alpha {m['lora_alpha']:g}" if "lora_alpha" in m else "")
+        + ")"
+        for m in s["methods"]
+    )
     h2, h3 = "#" * level, "#" * (level + 1)
     lines = [
-        f"- command: `{payload['command']}`", f"- machine: {payload['machine']}",
-        f"- budget: {s['budget']['describe']}", f"- model: {s['model']}; methods: {methods}",
+        f"- command: `{payload['command']}`",
+        f"- machine: {payload['machine']}",
+        f"- budget: {s['budget']['describe']}",
+        f"- model: {s['model']}; methods: {methods}",
         f"- trials: {len(payload['trials'])}, {compute:.0f} min of training and scoring in all "
         f"({s['minutes_this_run']} min in the run that wrote this report; the rest was cached)",
         "- the best rate of each method is the one with the best validation score (a tie goes to the lower rate); "
@@ -233,7 +243,7 @@ def figures(payload: dict[str, Any], images: str = "", level: int = 2) -> str:
         f"short general questions the base model answers (whole-word match); with {n} questions, a difference in the "
         f"share kept has a standard error of about {se:.0f} points (at 75% kept)",
         "",
-    ]  # fmt: skip
+    ]
     for task, info in s["tasks"].items():
         seeds, notes = _seed_table(payload, task)
         lines += [

@@ -31,8 +31,9 @@ PROBE_TEXT = BUILTIN / "probe_text.jsonl"
 PROBE_QUESTIONS = BUILTIN / "probe_questions.jsonl"
 
 
-def load_model_for_scoring(model: str | None, folder: Path | None, full: bool, device: str = "auto",
-                           precision: str = "auto") -> tuple[Any, Any]:  # fmt: skip
+def load_model_for_scoring(
+    model: str | None, folder: Path | None, full: bool, device: str = "auto", precision: str = "auto"
+) -> tuple[Any, Any]:
     """The base model (``folder`` None), the base plus the adapter in ``folder``, or the fully fine-tuned model in
     ``folder``; merged and ready for inference on ``device`` in ``precision``."""
     from lorakit.cli.common import model_with_adapter

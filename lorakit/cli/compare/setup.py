@@ -99,8 +99,11 @@ def parse_methods(text: str) -> list[MethodSpec]:
         try:
             TrainConfig(method=method)  # type: ignore[arg-type]
         except ValueError:
-            hint = ("; join target modules with '+' (commas separate methods): lora:r=16:targets=q_proj+v_proj"
-                    if after_targets else "")  # fmt: skip
+            hint = (
+                "; join target modules with '+' (commas separate methods): lora:r=16:targets=q_proj+v_proj"
+                if after_targets
+                else ""
+            )
             raise LorakitError(f"--methods: {method!r} is not a training method of this lorakit{hint}") from None
         values: dict[str, object] = {}
         for option in options:

@@ -132,12 +132,13 @@ def train_one(trial: Trial, folder: Path, ctx: Context) -> dict[str, Any]:
     seconds = sorted(r["seconds"] for r in rows if r["kind"] == "train")
     weights = "model.safetensors" if spec.method == "full" else "adapter_model.safetensors"
     return {
-        "trainable": summary["trainable"], "disk_bytes": (folder / weights).stat().st_size,
+        "trainable": summary["trainable"],
+        "disk_bytes": (folder / weights).stat().st_size,
         # the trainer's own peak: wait4's ru_maxrss would start from this (scoring, 4-5 GB) process's peak
         "peak_rss": max(r.get("peak_rss_mb") or 0.0 for r in rows) * (1 << 20),
         "seconds_per_step": seconds[len(seconds) // 2],
         "train_loss": summary["final"]["train_loss"],
-    }  # fmt: skip
+    }
 
 
 def run_trial(trial: Trial, ctx: Context) -> tuple[dict[str, Any], bool]:
@@ -153,8 +154,10 @@ def run_trial(trial: Trial, ctx: Context) -> tuple[dict[str, Any], bool]:
     full = trial.spec.method == "full"
     model, tokenizer = load_model_for_scoring(ctx.model, folder, full, ctx.device, ctx.precision)
     setup = trial.setup
-    scores = {"validation": score(model, tokenizer, setup.kind, setup.validation) if trial.seed == 0 else None,
-              "test": score(model, tokenizer, setup.kind, setup.test)}  # fmt: skip
+    scores = {
+        "validation": score(model, tokenizer, setup.kind, setup.validation) if trial.seed == 0 else None,
+        "test": score(model, tokenizer, setup.kind, setup.test),
+    }
     forgetting = probe(model, tokenizer, ctx.keep)[0]
     del model
     if full and not ctx.keep_weights:
