@@ -77,11 +77,13 @@ class PreferenceLoss:
         p = policy.shape[0] // 2
         loss, chosen, rejected = pair_losses(policy[:p], policy[p:], reference[:p], reference[p:], self.beta,
                                              self.loss_type, counts[:p], counts[p:])  # fmt: skip
-        share = 1.0 / self.total
-        metrics = {"rewards/chosen": float(chosen.sum()) * share, "rewards/rejected": float(rejected.sum()) * share,
-                   "rewards/margins": float((chosen - rejected).sum()) * share,
-                   "rewards/accuracies": float((chosen > rejected).sum()) * share}  # fmt: skip
-        return loss.sum() * share, metrics
+        real = (counts[:p] > 0) & (counts[p:] > 0)  # (P,): a rank left without pairs runs one with no labels
+        share = 1.0 / max(self.total, 1.0)
+        metrics = {"rewards/chosen": float(chosen[real].sum()) * share,
+                   "rewards/rejected": float(rejected[real].sum()) * share,
+                   "rewards/margins": float((chosen - rejected)[real].sum()) * share,
+                   "rewards/accuracies": float((chosen > rejected)[real].sum()) * share}  # fmt: skip
+        return (loss * real).sum() * share, metrics
 
 
 def preference_step(trainer: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
@@ -91,7 +93,9 @@ def preference_step(trainer: Any, batch: Mapping[str, torch.Tensor]) -> dict[str
     started = time.perf_counter()
     c = trainer.config
     reference = trainer.log_probs(batch, adapter=reference_adapter(trainer.model) or False)  # (2P, T), no_grad
-    (pairs,) = trainer.procs.sum(batch["input_ids"].shape[0] // 2)
+    p = batch["input_ids"].shape[0] // 2
+    labelled = (batch["labels"][:, 1:] != IGNORE_INDEX).any(1)  # (2P,)
+    (pairs,) = trainer.procs.sum(int((labelled[:p] & labelled[p:]).sum()))  # pairs over all ranks
     done = trainer.forward_backward(batch, loss=PreferenceLoss(reference, float(c.beta), c.loss_type, pairs))
     return {**trainer.optim_step(), **done, "seconds": time.perf_counter() - started}
 

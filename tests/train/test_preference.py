@@ -258,3 +258,22 @@ def test_the_package_never_imports_trl() -> None:
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             assert not any(n == "trl" or n.startswith("trl.") for n in names), path
+
+
+def test_a_pair_without_labels_weighs_nothing(smollm2_tokenizer) -> None:
+    """What a rank left without pairs runs (one pair, every label -100) changes neither the loss nor the metrics."""
+    tok = smollm2_tokenizer
+    pairs, _ = tokenize_pairs(tok, validate_records(RECORDS), 256)
+    alone = collate_pairs(pairs[:1], tok.pad_token_id)
+    padded = collate_pairs(pairs[:2], tok.pad_token_id)
+    padded["labels"][[1, 3]] = -100  # the second pair's chosen and rejected rows
+
+    def run(batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        model, _ = lorakit.load_model(str(_tiny(tok)))
+        trainer = lorakit.Trainer(model, tok, lorakit.TrainConfig(objective="dpo", precision="fp32", max_steps=2, r=4))
+        _randomize(trainer.model, seed=5)
+        return preference_step(trainer, batch)
+
+    a, b = run(alone), run(padded)
+    for key in ("loss", "rewards/chosen", "rewards/margins", "rewards/accuracies", "grad_norm"):
+        assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
