@@ -85,6 +85,33 @@ def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], share_prefi
     once per batch instead of once per row: the same loss and gradients for fewer FLOPs. Dropout on the LoRA path
     then draws one mask for the shared prefix.
     """
+    head, hidden, targets, _ = _label_positions(model, batch, share_prefix)
+    if head is None:
+        return F.cross_entropy(hidden.float(), targets, reduction="sum")  # hidden: the label positions' logits
+    return head_cross_entropy_sum(head, hidden, targets)  # over the N label positions only
+
+
+def token_log_probs(model: nn.Module, batch: dict[str, torch.Tensor], share_prefix: bool = True) -> torch.Tensor:
+    """Per-token log-probabilities (B, T), aligned with ``input_ids``: entry t is log p(input_ids[t] | tokens < t)
+    where ``labels[t]`` is not -100, and 0 elsewhere (and at t = 0). float32 (float64 for float64 models), with
+    gradients; the same computation as ``token_loss_sum`` (whose value is minus their sum), per token."""
+    head, hidden, targets, keep = _label_positions(model, batch, share_prefix)
+    if head is None:
+        picked = -F.cross_entropy(hidden.float(), targets, reduction="none")  # (N,)
+    else:
+        picked = -head_cross_entropy_sum(head, hidden, targets, reduce=False)  # (N,)
+    after = picked.new_zeros(keep.shape).masked_scatter(keep, picked)  # (B, T-P-1): tokens P+1.. of each row
+    return F.pad(after, (batch["input_ids"].shape[1] - keep.shape[1], 0))  # (B, T)
+
+
+def _label_positions(
+    model: nn.Module, batch: dict[str, torch.Tensor], share_prefix: bool
+) -> tuple[nn.Module | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(head, hidden states at the N label positions (N, H), their targets (N,), which positions they are).
+
+    The positions are a (B, T-P-1) mask over the tokens after the shared prefix (P = 0 without one), each predicting
+    the next token. A model without the usual decoder/head split gives head None and the positions' logits (N, V).
+    """
     input_ids, labels = batch["input_ids"], batch["labels"]
     targets = labels[:, 1:]  # (B, T-1)
     keep = targets != IGNORE_INDEX  # (B, T-1)
@@ -95,7 +122,7 @@ def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], share_prefi
     inputs = {"position_ids": batch["position_ids"]} if packed else {"attention_mask": batch["attention_mask"]}
     if parts is None:
         logits = model(input_ids=input_ids, **inputs).logits[:, :-1]  # (B, T-1, V)
-        return F.cross_entropy(logits[keep].float(), targets[keep], reduction="sum")
+        return None, logits[keep], targets[keep], keep
     backbone, head = parts
     # transformers' checkpointed layers drop the cache, which the shared prefix needs: run whole rows then.
     checkpointed = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.2x; older: _gradient_
@@ -110,17 +137,19 @@ def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], share_prefi
         hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state  # (B, T, H)
     targets = labels[:, prefix + 1 :]  # (B, T-P-1)
     keep = targets != IGNORE_INDEX
-    return head_cross_entropy_sum(head, hidden[:, :-1][keep], targets[keep])  # over the N label positions only
+    return head, hidden[:, :-1][keep], targets[keep], keep
 
 
 class _ChunkedHeadCrossEntropy(torch.autograd.Function):
-    """Sum of cross-entropies of ``hidden @ W^T (+ bias)`` against ``targets``, ``chunk`` rows at a time.
+    """Sum of cross-entropies of ``hidden @ W^T (+ bias)`` against ``targets``, ``chunk`` rows at a time (with
+    ``reduce`` False: each row's cross-entropy, (N,)).
 
     For logits z = h W^T (+ b) and target t, the loss is ``logsumexp(z) - z_t`` and its gradient
     ``dL/dz = softmax(z) - onehot(t)``, so ``dL/dh = (softmax(z) - onehot(t)) W``: both follow from ``log_softmax(z)``
     (the loss is minus its entry at t, softmax its exponential). The forward computes both per
     chunk and keeps only dL/dh (N, H): the (N, V) fp32 logits never exist for more than ``chunk`` rows at a
-    time, and the backward is a multiplication by the incoming scalar gradient. The head's weight is frozen.
+    time, and the backward is a multiplication by the incoming gradient (a scalar for the sum; per row, row n's
+    loss depends on h_n alone, so dL_n/dh_n scaled by row n's incoming gradient). The head's weight is frozen.
     A short last chunk runs padded with zero rows up to a multiple of ``rows_multiple`` (at most ``chunk``);
     their losses are dropped and their dL/dz zeroed, so they change nothing but the matrix shapes.
     """
@@ -128,12 +157,13 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-        dtype: torch.dtype, chunk: int, rows_multiple: int,
+        dtype: torch.dtype, chunk: int, rows_multiple: int, reduce: bool = True,
     ) -> torch.Tensor:  # fmt: skip
         need_grad = ctx.needs_input_grad[0]
         grad_hidden = torch.empty_like(hidden) if need_grad else None  # (N, H)
         logits_dtype = torch.promote_types(dtype, torch.float32)  # fp32 logits for bf16, float64 for float64
         total = torch.zeros((), dtype=logits_dtype, device=hidden.device)
+        per_row = None if reduce else torch.empty(hidden.shape[0], dtype=logits_dtype, device=hidden.device)  # (N,)
         w = weight.to(dtype)  # (V, H): a no-op when the head is stored in the compute dtype
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, hidden.shape[0], chunk):
@@ -150,19 +180,23 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
                 # 50 MB of logits are read and written far fewer times than by logsumexp, a subtraction and exp.
                 logp = torch.log_softmax(z, dim=-1)  # (rows, V)
                 del z
-                total -= logp[:n].gather(1, t[:, None]).sum()
+                if per_row is None:
+                    total -= logp[:n].gather(1, t[:, None]).sum()
+                else:
+                    per_row[start : start + n] = -logp[:n].gather(1, t[:, None]).squeeze(1)
                 if grad_hidden is not None:
                     probs = logp.exp_()  # (rows, V) softmax, in place
                     probs[n:] = 0  # padding rows pass no gradient
                     probs[torch.arange(n, device=t.device), t] -= 1
                     grad_hidden[start : start + chunk] = (probs.to(dtype) @ w)[:n].to(hidden.dtype)  # (n, H)
         ctx.save_for_backward(grad_hidden)
-        return total
+        return total if per_row is None else per_row
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         (grad_hidden,) = ctx.saved_tensors
-        return grad_hidden * grad.to(grad_hidden.dtype), None, None, None, None, None, None
+        scale = grad.to(grad_hidden.dtype)
+        return grad_hidden * (scale if scale.dim() == 0 else scale[:, None]), None, None, None, None, None, None, None
 
 
 def head_cross_entropy_sum(
@@ -171,21 +205,23 @@ def head_cross_entropy_sum(
     targets: torch.Tensor,
     chunk: int = HEAD_CHUNK,
     rows_multiple: int = HEAD_ROWS_MULTIPLE,
+    reduce: bool = True,
 ) -> torch.Tensor:
-    """``cross_entropy(head(hidden).float(), targets, reduction="sum")`` for hidden (N, H), targets (N,).
+    """``cross_entropy(head(hidden).float(), targets, reduction="sum")`` for hidden (N, H), targets (N,); with
+    ``reduce`` False, ``reduction="none"`` (N,).
 
     A plain frozen ``nn.Linear`` head goes through the chunked function above; any other head (trained, wrapped
     by an adapter) through the plain path.
     """
     weight = getattr(head, "weight", None)
     if type(head) is not nn.Linear or not isinstance(weight, torch.Tensor) or weight.requires_grad:
-        return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+        return F.cross_entropy(head(hidden).float(), targets, reduction="sum" if reduce else "none")
     bias = head.bias if isinstance(head.bias, torch.Tensor) else None
     device_type = hidden.device.type
     autocast = torch.is_autocast_enabled(device_type) and weight.dtype in (torch.float32, torch.bfloat16)
     dtype = torch.get_autocast_dtype(device_type) if autocast else torch.promote_types(hidden.dtype, weight.dtype)
     return _ChunkedHeadCrossEntropy.apply(  # type: ignore[no-any-return]
-        hidden, weight, bias, targets, dtype, chunk, rows_multiple
+        hidden, weight, bias, targets, dtype, chunk, rows_multiple, reduce
     )
 
 

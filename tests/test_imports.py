@@ -25,7 +25,8 @@ ORDER = [
     # quantised bases, loading models (device and precision rules), estimates
     "quant.backends", "quant.linear", "quant.model", "quant", "models", "plan",
     # generic data, the loss
-    "data.formats", "data.jsonl", "data.sources", "data.tokenize", "data.dataset", "data.batching", "data", "loss",
+    "data.formats", "data.jsonl", "data.sources", "data.tokenize", "data.dataset", "data.batching", "data.preference",
+    "data.prompts", "data", "loss",
     # evaluation (inference never imports training): generation, merging for inference, scores, tables
     "eval.generate", "eval.chat", "eval.inference", "eval.metrics", "eval.replies", "eval.perplexity", "eval.report",
     "eval",
@@ -34,7 +35,9 @@ ORDER = [
     "tasks",
     # training: the parts, then the trainer that puts them in order
     "train.attention", "train.config", "train.optim", "train.checkpoint", "train.compile", "train.distributed",
-    "train.trainer", "train",
+    "train.rng", "train.prepare", "train.batches", "train.reference", "train.sampling", "train.trainer",
+    # post-training on the trainer's primitives: rewards, DPO, GRPO
+    "train.rewards", "train.preference", "train.grpo", "train",
     # getting a model out: merged folders, GGUF files
     "export.gguf_layout", "export.gguf_lora", "export.gguf_model", "export.merge", "export.modelfile", "export.gguf",
     "export",

@@ -7,13 +7,16 @@
 | ``text`` | ``{"text": str}`` | text |
 | ``sharegpt`` | ``{"conversations": [{"from": "human" \\| "gpt" \\| "system", "value"}, ...], "system"?}`` | chat |
 | ``alpaca`` | ``{"instruction", "input"?, "output", "system"?, "history"?}`` | chat |
+| ``preference`` | ``{"prompt"?, "chosen", "rejected"}``, strings or messages (TRL's; implicit prompt) | preference |
 
-The three shapes are what ``lorakit.data.tokenize`` renders: chat ``{"messages": [...], "tools"?: [...]}`` through
+A preference record (DPO's pairs) keeps its own shape, ``{"prompt", "chosen", "rejected"}`` all strings or all message
+lists (``lorakit.data.preference`` tokenizes it as two completion or chat examples). The three other shapes are
+what ``lorakit.data.tokenize`` renders: chat ``{"messages": [...], "tools"?: [...]}`` through
 the tokenizer's chat template with the loss on assistant messages (an assistant message with ``"weight": 0`` is
 context, not a target, as in OpenAI's format); completion ``{"prompt", "completion"}`` with the loss on the
 completion; text ``{"text"}`` with the loss on every token.
 
-The format of a file is read from its first record's keys (``messages``, ``conversations``, ``prompt``,
+The format of a file is read from its first record's keys (``chosen``, ``messages``, ``conversations``, ``prompt``,
 ``instruction``, ``text``, in that order, since an Alpaca record often carries a ``text`` column too), or forced;
 every record must then be of that format. Keys lorakit does not use are dropped, so they cannot leak into a chat
 template that happens to look at them. Every problem is a ``DataError`` that names the file and the record.
@@ -28,13 +31,13 @@ from typing import Any, Literal
 
 from lorakit.errors import DataError
 
-DataFormat = Literal["auto", "chat", "completion", "text", "sharegpt", "alpaca"]
-FORMATS: tuple[str, ...] = ("chat", "completion", "text", "sharegpt", "alpaca")
+DataFormat = Literal["auto", "chat", "completion", "text", "sharegpt", "alpaca", "preference"]
+FORMATS: tuple[str, ...] = ("chat", "completion", "text", "sharegpt", "alpaca", "preference")
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 # The key that tells each format apart, in the order they are looked for.
 FORMAT_KEYS: tuple[tuple[str, str], ...] = (
-    ("messages", "chat"), ("conversations", "sharegpt"), ("prompt", "completion"), ("instruction", "alpaca"),
-    ("text", "text"),
+    ("chosen", "preference"), ("messages", "chat"), ("conversations", "sharegpt"), ("prompt", "completion"),
+    ("instruction", "alpaca"), ("text", "text"),
 )  # fmt: skip
 DESCRIPTIONS = {
     "chat": "chat ('messages')",
@@ -42,6 +45,7 @@ DESCRIPTIONS = {
     "text": "text ('text', loss on every token)",
     "sharegpt": "ShareGPT ('conversations')",
     "alpaca": "Alpaca ('instruction'/'input'/'output')",
+    "preference": "preference ('prompt'/'chosen'/'rejected')",
 }
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
                   "chatgpt": "assistant", "system": "system", "tool": "tool", "observation": "tool"}  # fmt: skip
@@ -71,7 +75,7 @@ def detect_format(value: Any, where: Where) -> str:
     keys = ", ".join(map(repr, list(value)[:8])) or "none"
     raise where.error(
         f"cannot tell the data format from the keys ({keys}): expected 'messages' (chat), 'prompt'/'completion', "
-        "'text', 'conversations' (ShareGPT) or 'instruction'/'output' (Alpaca)"
+        "'text', 'conversations' (ShareGPT), 'instruction'/'output' (Alpaca) or 'chosen'/'rejected' (preference)"
     )
 
 
@@ -281,13 +285,50 @@ def _alpaca(value: dict, where: Where) -> dict:
     return {"messages": messages}
 
 
+def _preference(value: dict, where: Where) -> dict:
+    """TRL's preference record: explicit prompt (a string, or messages with chosen/rejected as messages or strings)
+    or implicit (chosen and rejected are whole conversations that open with the same turns, the prompt)."""
+    if "rejected" not in value:
+        raise where.error("preference record has 'chosen' but no 'rejected'")
+    chosen, rejected, prompt = value["chosen"], value["rejected"], value.get("prompt")
+    if prompt is None:
+        if not (isinstance(chosen, list) and isinstance(rejected, list)):
+            raise where.error("a preference record without 'prompt' needs 'chosen' and 'rejected' as conversations "
+                              "that open with the same turns (the implicit prompt)")  # fmt: skip
+        full = [validate_messages(m, where, k, learn=False) for k, m in (("chosen", chosen), ("rejected", rejected))]
+        shared = 0
+        while shared < min(map(len, full)) and full[0][shared] == full[1][shared]:
+            shared += 1
+        if shared == 0:
+            raise where.error("'chosen' and 'rejected' share no opening turn, so there is no implicit prompt")
+        prompt, chosen, rejected = full[0][:shared], full[0][shared:], full[1][shared:]
+    if isinstance(prompt, str):
+        for key, text in (("chosen", chosen), ("rejected", rejected)):
+            if not isinstance(text, str):
+                raise where.error(f"'prompt' is a string, so '{key}' must be one too, got {json_type(text)}")
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    context = [{**m, "weight": 0} if m["role"] == "assistant" else m
+               for m in validate_messages(prompt, where, "prompt", learn=False)]  # fmt: skip
+    out: dict[str, Any] = {"prompt": context}
+    for key, reply in (("chosen", chosen), ("rejected", rejected)):
+        if isinstance(reply, str):
+            reply = [{"role": "assistant", "content": reply}]
+        if isinstance(reply, list) and not reply:
+            raise where.error(f"'{key}' is the same conversation as the prompt: nothing to prefer or reject")
+        out[key] = validate_messages(reply, where, key)
+    return out
+
+
 CONVERTERS: dict[str, Callable[[dict, Where], dict]] = {
     "chat": _chat, "completion": _completion, "text": _text, "sharegpt": _sharegpt, "alpaca": _alpaca,
+    "preference": _preference,
 }  # fmt: skip
 
 
-def record_kind(record: dict) -> Literal["chat", "completion", "text"]:
-    """Which of the three shapes a converted record has."""
+def record_kind(record: dict) -> Literal["chat", "completion", "text", "preference"]:
+    """Which of the shapes a converted record has."""
+    if "chosen" in record:
+        return "preference"
     if "messages" in record:
         return "chat"
     return "completion" if "prompt" in record else "text"

@@ -143,6 +143,9 @@ def _fit(full: TokenizedExample, seq_len: int) -> tuple[TokenizedExample | None,
 
 def _tokenize_full(tokenizer: Tokenizer, record: dict) -> TokenizedExample:
     """Tokenize a record without any length limit."""
+    if "chosen" in record:
+        raise LorakitError("preference records ('chosen'/'rejected') train with DPO (TrainConfig(objective='dpo'), "
+                           "lorakit.train.preference), not with the next-token loss")  # fmt: skip
     if "messages" in record:
         return _tokenize_chat(tokenizer, record["messages"], record.get("tools"))
     if "prompt" in record:

@@ -4,15 +4,17 @@ Greedy decoding runs lorakit's own loop (``greedy_ids``) rather than transformer
 that evaluation data offers: the prompt prefix every row of a batch shares (a chat template's system prompt) is run
 once and its KV cache copied to the rows, and a row that has stopped leaves the batch instead of being decoded to
 the batch's longest reply (what that saves: ``bench.generate_speed``, docs/benchmarks.md); in bf16 the prefix's
-separate run changes the rounding, and with it a few replies. Sampling goes through
-``generate``, and so does a model that does not decode with transformers' ``DynamicCache`` or whose
+separate run changes the rounding, and with it a few replies. The same loop samples (``decode_ids`` with
+``sampler``: temperature, top-p, a generator of the caller's; n samples of a prompt share its prefill) and records
+each token's log-probability, for ``lorakit.Trainer.sample``. ``generate_batch``'s sampling
+goes through ``generate``, and so does a model that does not decode with transformers' ``DynamicCache`` or whose
 ``generation_config`` changes greedy decoding (``GREEDY_SETTINGS``: a repetition penalty, banned words...).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -103,8 +105,46 @@ def greedy_ids(
     """Greedy continuations of ``prompts`` (token ids), each up to and including ``stop_id`` or ``max_new_tokens``
     long: what transformers' ``generate(do_sample=False)`` gives with left padding, computed with a shared prefix
     run once and finished rows dropped (see the module docstring). A transformers causal LM."""
+    return decode_ids(model, prompts, max_new_tokens, stop_id, pad_id)[0]
+
+
+Pick = Callable[[torch.Tensor], torch.Tensor]
+"""Chooses the next token of each row from its logits (B, V) -> (B,)."""
+
+
+def sampler(temperature: float, top_p: float, generator: torch.Generator | None) -> Pick:
+    """Draw from ``softmax(logits / temperature)`` restricted to its top-p nucleus (the fewest most likely tokens
+    whose probability reaches ``top_p``, at least one), with ``generator``'s random numbers; temperature 0: greedy.
+    """
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        if temperature <= 0:
+            return logits.argmax(-1)
+        z = logits.float() / temperature  # (B, V)
+        if top_p < 1:
+            ordered, order = z.sort(dim=-1, descending=True)  # (B, V)
+            probs = ordered.softmax(-1)
+            outside = probs.cumsum(-1) - probs >= top_p  # the mass before a token already reaches top_p
+            z = z.scatter(-1, order, ordered.masked_fill(outside, float("-inf")))
+        return torch.multinomial(z.softmax(-1), 1, generator=generator).squeeze(1)  # (B,)
+
+    return pick
+
+
+def decode_ids(
+    model: Any, prompts: list[list[int]], max_new_tokens: int, stop_id: int | None, pad_id: int | None,
+    n: int = 1, pick: Pick | None = None, log_probs: bool = False,
+) -> tuple[list[list[int]], list[list[float]]]:  # fmt: skip
+    """``n`` continuations of each prompt (rows ``i * n .. i * n + n - 1`` are prompt i's), tokens chosen by ``pick``
+    (default greedy), each up to and including ``stop_id`` or ``max_new_tokens`` long; with ``log_probs``, each
+    token's log-probability under the model's own distribution (temperature 1, whatever ``pick`` draws from).
+
+    Each prompt runs once (the prefix all prompts share runs once for all) and its KV cache is copied to its ``n``
+    rows; a finished row leaves the batch and its cache. A transformers causal LM with a ``DynamicCache``.
+    """
     from transformers import DynamicCache
 
+    pick = pick or (lambda logits: logits.argmax(-1))
     device = next(model.parameters()).device
     pad = pad_id if pad_id is not None else 0
     # the prompt's logits are only needed at its last position (transformers models since 4.45; others get all)
@@ -113,7 +153,8 @@ def greedy_ids(
     cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5.x renames it
     n_shared = shared_prefix(prompts)
     cache = DynamicCache(config=model.config)  # the model's own layer kinds (sliding-window layers stay so)
-    replies: list[list[int]] = [[] for _ in prompts]
+    replies: list[list[int]] = [[] for _ in range(len(prompts) * n)]
+    scores: list[list[float]] = [[] for _ in replies]
     with torch.no_grad():
         if n_shared:
             model(input_ids=torch.tensor([prompts[0][:n_shared]], device=device), use_cache=True,
@@ -126,12 +167,19 @@ def greedy_ids(
         positions = (n_shared + own_mask.cumsum(1) - 1).masked_fill(own_mask == 0, 1)  # (B, S)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                        **{cache_arg: cache}, **last_only).logits  # fmt: skip
-        rows = torch.arange(len(prompts), device=device)  # the prompts still decoding, in batch order
         last = positions[:, -1]  # (B,) each row's last position
+        if n > 1:  # each prompt's cache, mask and last logits copied to its n rows
+            cache.batch_repeat_interleave(n)
+            logits, mask, last = (t.repeat_interleave(n, dim=0) for t in (logits[:, -1:], mask, last))
+        rows = torch.arange(len(replies), device=device)  # the rows still decoding, in batch order
         for step in range(max_new_tokens):
-            token = logits[:, -1].argmax(-1)  # (B,)
+            token = pick(logits[:, -1])  # (B,)
             for row, t in zip(rows.tolist(), token.tolist(), strict=True):
                 replies[row].append(t)
+            if log_probs:
+                chosen = torch.log_softmax(logits[:, -1].float(), dim=-1).gather(1, token[:, None])  # (B, 1)
+                for row, lp in zip(rows.tolist(), chosen.squeeze(1).tolist(), strict=True):
+                    scores[row].append(lp)
             going = token != stop_id if stop_id is not None else torch.ones_like(token, dtype=torch.bool)
             if step == max_new_tokens - 1 or not bool(going.any()):
                 break
@@ -143,7 +191,7 @@ def greedy_ids(
             last = last + 1
             logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=last[:, None],
                            use_cache=True, **{cache_arg: cache}).logits  # fmt: skip
-    return replies
+    return replies, scores
 
 
 def generate_all(

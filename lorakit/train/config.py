@@ -19,6 +19,13 @@ from lorakit.models import PRECISIONS, Precision
 from lorakit.targeting import ia3_config, parse_target_modules
 
 Schedule = Literal["cosine", "linear", "constant"]
+Objective = Literal["sft", "dpo", "grpo"]
+OBJECTIVES: tuple[str, ...] = ("sft", "dpo", "grpo")
+PreferenceLoss = Literal["sigmoid", "ipo"]
+RewardScaling = Literal["group", "batch", "none"]
+# beta when it is not given: TRL's DPOConfig (0.1) and GRPOConfig (0.0: no KL term, as DAPO and Dr. GRPO found it
+# unnecessary for verifiable rewards); SFT has none.
+DEFAULT_BETA: dict[str, float] = {"dpo": 0.1, "grpo": 0.0}
 # The peak learning rate each method starts from when --lr is not given. LoRA's best rate is about ten times full
 # fine-tuning's (Biderman et al. 2024, "LoRA Learns Less and Forgets Less"; Schulman et al. 2025, "LoRA Without
 # Regret"): the adapter starts at B = 0 and its update B A is scaled by alpha / r, so a step moves the weights far
@@ -89,10 +96,33 @@ class TrainConfig:
     """torch.compile each decoder layer for the training steps (a C++ compiler on a CPU): compiles at step 1."""
     fsdp: bool = False
     """In a process group (torchrun, Ray Train): shard the frozen base with FSDP2 (default: DDP; no effect alone)."""
+    objective: Objective = "sft"
+    """sft (next-token loss on the data), dpo (preference pairs), grpo (rewards of sampled completions)."""
+    beta: float | None = None
+    """dpo: strength of the pull towards the reference (0.1); grpo: weight of the KL term to it (0: none)."""
+    loss_type: PreferenceLoss = "sigmoid"
+    """dpo's loss: sigmoid (DPO) or ipo (IPO, log-ratios per completion token)."""
+    num_generations: int = 8
+    """grpo: completions sampled per prompt (the group their rewards are normalised in)."""
+    max_completion_length: int = 256
+    """grpo (and Trainer.sample): longest sampled completion in tokens."""
+    temperature: float = 1.0
+    """grpo (and Trainer.sample): sampling temperature (0: greedy)."""
+    top_p: float = 1.0
+    """grpo (and Trainer.sample): sample from the smallest set of tokens whose probability reaches top_p."""
+    epsilon: float = 0.2
+    """grpo: the importance ratio is clipped to [1 - epsilon, 1 + epsilon]."""
+    reward: str = ""
+    """grpo: comma-separated rewards (summed): json, json-schema:FILE, exact, contacts, module:fn, file.py:fn."""
+    reward_weights: str = ""
+    """grpo: comma-separated weights of the rewards, in their order (default: 1 each)."""
+    scale_rewards: RewardScaling = "group"
+    """grpo: divide advantages by the rewards' standard deviation in each group, over the batch, or not at all."""
 
     def __post_init__(self) -> None:
-        choices = {"method": METHODS, "lr_schedule": ("cosine", "linear", "constant"),
-                   "precision": PRECISIONS}  # fmt: skip
+        choices = {"method": METHODS, "lr_schedule": ("cosine", "linear", "constant"), "precision": PRECISIONS,
+                   "objective": OBJECTIVES, "loss_type": ("sigmoid", "ipo"),
+                   "scale_rewards": ("group", "batch", "none")}  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{_flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -128,10 +158,51 @@ class TrainConfig:
             raise ValueError(f"--bits must be 4 or 8, got {self.bits!r}")
         if self.bits != 4 and self.method != "qlora":
             raise ValueError(f"--bits {self.bits} needs --method qlora (plain LoRA keeps the base unquantised)")
+        self._check_post_training()
         if not isinstance(self.target_modules, str) or not self.target_modules.strip():
             raise ValueError(
                 f"--target-modules must be a comma list, a regex or all-linear, got {self.target_modules!r}"
             )
+
+    def _check_post_training(self) -> None:
+        """The DPO/GRPO fields (TRL's names): beta resolved per objective, then every value checked."""
+        if self.beta is None:
+            object.__setattr__(self, "beta", DEFAULT_BETA.get(self.objective, 0.0))
+        for name in ("beta", "top_p", "epsilon", "temperature"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"--{_flag(name)} must be a number >= 0, got {value!r}")
+        if self.objective == "dpo" and not self.beta:
+            raise ValueError("--beta must be > 0 for --objective dpo (it divides the IPO target, scales DPO's)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p!r}")
+        for name in ("num_generations", "max_completion_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"--{_flag(name)} must be a positive integer, got {value!r}")
+        if self.objective == "grpo" and self.num_generations < 2:
+            raise ValueError("--num-generations must be at least 2 for grpo: advantages compare a group's completions")
+        if self.objective == "grpo" and self.batch_size % self.num_generations:
+            raise ValueError(f"--batch-size ({self.batch_size}) counts completions per process, as TRL's: it must be a "
+                             f"multiple of --num-generations ({self.num_generations})")  # fmt: skip
+        if self.objective == "grpo" and not self.reward.strip():
+            raise ValueError("--reward is needed for --objective grpo (e.g. json, contacts or module:function)")
+        if not isinstance(self.reward, str) or not isinstance(self.reward_weights, str):
+            raise ValueError("--reward and --reward-weights are comma-separated text")
+        weights = [w for w in self.reward_weights.split(",") if w.strip()]
+        try:
+            [float(w) for w in weights]
+        except ValueError:
+            raise ValueError(f"--reward-weights must be comma-separated numbers, got {self.reward_weights!r}") from None
+        names = [r for r in self.reward.split(",") if r.strip()]
+        if weights and len(weights) != len(names):
+            raise ValueError(f"--reward-weights gives {len(weights)} weights for {len(names)} rewards")
+
+    def rewards(self) -> list[tuple[str, float]]:
+        """(reward, weight) for each of ``reward`` (``lorakit.train.rewards`` reads the names)."""
+        names = [r.strip() for r in self.reward.split(",") if r.strip()]
+        weights = [float(w) for w in self.reward_weights.split(",") if w.strip()] or [1.0] * len(names)
+        return list(zip(names, weights, strict=True))
 
     def quantize(self) -> Literal["nf4", "int8"] | None:
         """How the base's Linear weights are to be stored (``load_model(quantize=)``): quantised for QLoRA, else not

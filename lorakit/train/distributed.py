@@ -31,7 +31,7 @@ from tqdm import tqdm
 from lorakit.data.batching import collate
 from lorakit.data.tokenize import TokenizedExample
 from lorakit.errors import LorakitError
-from lorakit.loss import IGNORE_INDEX, token_loss_sum
+from lorakit.loss import IGNORE_INDEX, token_log_probs, token_loss_sum
 from lorakit.models import decoder_layers, needs_loss_scaling
 
 T = TypeVar("T")
@@ -41,7 +41,8 @@ INNER = "model."  # a parameter's name in LossModule = INNER + its name in the m
 
 
 class LossModule(nn.Module):
-    """``forward(batch)`` = the batch's label-token loss sum; the one module DDP or FSDP2 wraps.
+    """``forward(batch)`` = the batch's label-token loss sum (``log_probs=True``: its per-token log-probabilities,
+    ``lorakit.loss.token_log_probs``); the one module DDP or FSDP2 wraps.
 
     Wrapping the loss rather than the causal LM lets ``token_loss_sum`` call the decoder and the head directly
     (its shared-prefix path) while every forward still passes through the wrapper's hooks.
@@ -51,9 +52,11 @@ class LossModule(nn.Module):
         super().__init__()
         self.model, self.share_prefix = model, share_prefix
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, batch: dict[str, torch.Tensor], log_probs: bool = False) -> torch.Tensor:
         device = next(self.model.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
+        if log_probs:
+            return token_log_probs(self.model, batch, share_prefix=self.share_prefix)
         return token_loss_sum(self.model, batch, share_prefix=self.share_prefix)
 
 

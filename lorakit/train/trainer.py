@@ -35,22 +35,30 @@ from torch import nn
 from tqdm import tqdm
 
 from lorakit.adapters import adapter_configs, add_adapter, count_parameters
-from lorakit.data.batching import batch_order, collate, collate_packed, pack_order, padding_waste
+from lorakit.data.batching import collate
 from lorakit.data.dataset import Dataset, DataSource, tokenize_data
-from lorakit.data.tokenize import IGNORE_INDEX, TokenizedExample
 from lorakit.errors import LorakitError
+from lorakit.eval.generate import decode_ids, sampler
 from lorakit.io import save_adapter
 from lorakit.loss import autocast, label_count, mean_token_loss
 from lorakit.memory import peak_gpu_mb, peak_rss_mb
 from lorakit.models import describe_device, precision_name, resolve_precision
 from lorakit.train.attention import fp32_attention
+from lorakit.train.batches import MicroBatches, complete_batch
 from lorakit.train.checkpoint import read_checkpoint, save_checkpoint
 from lorakit.train.compile import CompiledLayers
 from lorakit.train.config import TrainConfig
 from lorakit.train.distributed import Processes
 from lorakit.train.optim import build_optimizer, schedule
+from lorakit.train.prepare import make_fully_trainable, prepare_for_training
+from lorakit.train.reference import computing_as
+from lorakit.train.rng import rng_from, seeded_state
+from lorakit.train.sampling import Completion, Prompt, completions, prompt_ids
 
 Batch = Mapping[str, torch.Tensor]
+LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], "torch.Tensor | tuple[torch.Tensor, Mapping[str, float]]"]
+"""``loss(log_probs (B, T), batch) -> scalar`` or ``(scalar, {name: value})``: see ``Trainer.forward_backward``."""
+MODEL_KEYS = ("input_ids", "attention_mask", "labels", "position_ids")  # what the model reads of a batch
 EVAL_BATCH = 16  # rows per evaluation batch (no gradients: larger batches cost nothing extra)
 
 
@@ -72,93 +80,6 @@ class TrainResult:
     seconds: float
     trainable: int
     total: int
-
-
-class MicroBatches:
-    """Micro-batch ``m`` of the whole run, derived from (seed, epoch): no iterator state to save or restore.
-
-    With ``capacity`` (packing), a batch is ``batch_size`` rows of several examples each, up to ``capacity`` tokens.
-    """
-
-    def __init__(
-        self,
-        examples: list[TokenizedExample],
-        batch_size: int,
-        seed: int,
-        pad_id: int,
-        procs: Processes | None = None,
-        pad_to_multiple_of: int = 1,
-        capacity: int | None = None,
-    ) -> None:
-        self.examples, self.batch_size, self.seed, self.pad_id = examples, batch_size, seed, pad_id
-        self.pad_to_multiple_of, self.capacity = pad_to_multiple_of, capacity
-        self.procs = procs or Processes()  # in a process group: batch_size is the global batch, [m] this rank's slice
-        self.lengths = [len(e.input_ids) for e in examples]
-        self._epoch: tuple[int, list[list[list[int]]]] | None = None
-        self.per_epoch = len(self.order(0))
-
-    def order(self, epoch: int) -> list[list[list[int]]]:
-        """The epoch's batches; a batch is a list of rows, a row a list of example indices (one unless packing)."""
-        if self._epoch is None or self._epoch[0] != epoch:
-            if self.capacity:
-                batches = pack_order(self.lengths, self.capacity, self.batch_size, self.seed, epoch)
-            else:
-                batches = [[[i] for i in b] for b in batch_order(self.lengths, self.batch_size, self.seed, epoch)]
-            self._epoch = (epoch, batches)
-        return self._epoch[1]
-
-    def padding(self, epoch: int = 0) -> float:
-        """Share of an epoch's padded positions that are padding."""
-        rows = [row for batch in self.order(epoch) for row in batch]
-        lengths = [sum(self.lengths[i] for i in row) for row in rows]
-        k = iter(range(len(rows)))
-        return padding_waste(
-            lengths, [[next(k) for _ in batch] for batch in self.order(epoch)], self.pad_to_multiple_of
-        )
-
-    def __getitem__(self, m: int) -> dict[str, torch.Tensor]:
-        epoch, index = divmod(m, self.per_epoch)
-        rows = self.order(epoch)[index]
-        if not self.capacity:
-            return self.procs.batch(self.examples, [row[0] for row in rows], self.pad_id, self.pad_to_multiple_of)
-        mine = self.procs.part(rows)
-        batch = collate_packed([[self.examples[i] for i in row] for row in mine or rows[:1]], self.pad_id,
-                               self.pad_to_multiple_of)  # fmt: skip
-        if not mine:  # a short last batch left this rank nothing: one row with no loss still joins the all-reduce
-            batch["labels"] = torch.full_like(batch["labels"], IGNORE_INDEX)
-        return batch
-
-
-def prepare_for_training(model: nn.Module, autocast_dtype: torch.dtype | None, checkpointing: bool) -> None:
-    """Frozen base weights stored in the autocast dtype; activation checkpointing if asked.
-
-    Autocast would cast each fp32 base weight, and each fp32 activation entering a Linear, to bf16 at every call
-    (and the gradients back in the backward): a sixth of a step's time in copies on a 2-core CPU. With every
-    frozen parameter in bf16 (Linear weights, embeddings, norms: the whole model computes in bf16, as a model
-    loaded in bf16 does) those casts disappear and the base takes half the memory. Trained parameters (the
-    adapters), their gradients and the AdamW state stay fp32; buffers (rotary frequencies) stay as they are,
-    and the loss is summed in fp32.
-    """
-    if autocast_dtype is not None:
-        for module in model.modules():
-            for param in module.parameters(recurse=False):
-                # plain fp32 tensors only: a quantised base keeps its storage
-                if not param.requires_grad and type(param) is torch.nn.Parameter and param.dtype == torch.float32:
-                    param.data = param.data.to(autocast_dtype)
-    if checkpointing:
-        enable = getattr(model, "gradient_checkpointing_enable", None)
-        if not callable(enable):
-            raise LorakitError(f"--gradient-checkpointing: {type(model).__name__} has no gradient_checkpointing_enable")
-        # Non-reentrant checkpointing needs no input that requires grad, so a frozen base works as is.
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def make_fully_trainable(model: nn.Module) -> None:
-    """Full fine-tuning: every base parameter trains, held in fp32 (the master weights; autocast computes in
-    bf16 from them), so AdamW's small updates are not rounded away as they would be in bf16 weights."""
-    model.float()
-    for param in model.parameters():
-        param.requires_grad_(True)
 
 
 def _log(message: str) -> None:
@@ -185,7 +106,8 @@ class Trainer:
         self.scaler = self.procs.loss_scaler(self.autocast, self.device)  # fp16 only: dynamic loss scaling
         self.step_count = 0
         self.total_steps: int | None = config.max_steps or None  # None: from the data's size, when fit sees it
-        self._rng = _seeded_state(config.seed, self.device)
+        self._rng = seeded_state(config.seed, self.device, self.procs.rank)
+        self._synced = False  # gradients all-reduced since the last optim_step
         with self._own_rng():
             if config.method == "full":
                 make_fully_trainable(model)
@@ -212,7 +134,8 @@ class Trainer:
 
     # ---- one step
     def step(self, batch: Batch | Sequence[Batch]) -> dict[str, float]:
-        """One optimiser step on ``batch`` (or on several micro-batches, their gradients accumulated).
+        """One optimiser step on ``batch`` (or on several micro-batches, their gradients accumulated):
+        ``forward_backward(batch)`` then ``optim_step()``.
 
         A batch holds ``input_ids`` (B, T), and optionally ``attention_mask`` (default all ones) and ``labels``
         (default ``input_ids``; -100 where there is no loss). In a process group, each rank passes its own slice.
@@ -223,52 +146,124 @@ class Trainer:
         the step still counts, so the data order goes on as planned).
         """
         started = time.perf_counter()
-        micro = [_complete(batch)] if isinstance(batch, Mapping) else [_complete(b) for b in batch]
+        self._check_schedule()
+        done = self.forward_backward(batch)
+        stepped = self.optim_step()
+        return {"step": stepped["step"], "loss": done["loss"], "lr": stepped["lr"], "grad_norm": stepped["grad_norm"],
+                "tokens": done["tokens"], "seconds": time.perf_counter() - started,
+                **{k: stepped[k] for k in ("loss_scale", "skipped") if k in stepped}}  # fmt: skip
+
+    # ---- the primitives a step is made of, for loops of one's own (DPO, GRPO: lorakit.train.preference, .grpo)
+    def forward_backward(
+        self, batch: Batch | Sequence[Batch], loss: str | LossFn = "cross_entropy"
+    ) -> dict[str, float]:
+        """Add the gradients of ``batch`` (or of several micro-batches) to the trained parameters' ``.grad``.
+
+        ``"cross_entropy"``: the mean next-token loss over the label tokens of all micro-batches and ranks (``step``'s).
+        A callable ``loss(log_probs, batch)`` gets a micro-batch's per-token log-probabilities (B, T) with gradients
+        (``lorakit.loss.token_log_probs``: entry t is log p(input_ids[t] | tokens < t) where ``labels[t]`` is not
+        -100, else 0) and the micro-batch, extra keys included; it returns a scalar or ``(scalar, {name: value})``,
+        its rows' share of the whole batch's loss: gradients add up over micro-batches and ranks (a mean over the
+        batch is its rows' sum over the count on all ranks, ``trainer.procs.sum``). Returns ``loss``, ``tokens`` and
+        the extra values, summed over micro-batches and ranks. Calls add up until ``optim_step`` (under DDP: one)."""
+        micro = [complete_batch(batch)] if isinstance(batch, Mapping) else [complete_batch(b) for b in batch]
         if not micro:
-            raise ValueError("step() needs a batch")
-        if self.scheduler is None:
-            raise LorakitError(
-                "TrainConfig(max_steps=0) trains for --epochs of a dataset: call fit(data), or give max_steps"
-            )
+            raise ValueError("forward_backward() needs a batch")
+        if self._synced and self.procs.world > 1 and not self.procs.fsdp:
+            raise LorakitError("under DDP, pass all micro-batches of a step to one forward_backward call: the "
+                               "gradients were already all-reduced once since the last optim_step")  # fmt: skip
         with self._own_rng(), self._kernels(), self._compiled():
             # One normaliser for the whole step: the mean over all its label tokens, not a mean of means; in a
             # process group, over all ranks' tokens (gradients are summed across ranks, not averaged).
-            (n_labels,) = self.procs.sum(sum(label_count(b) for b in micro))
+            (n_labels,) = self.procs.sum(sum(label_count(b) for b in micro)) if loss == "cross_entropy" else (1,)
             n_labels = max(n_labels, 1)
-            loss_sum = 0.0
+            loss_sum, extra = 0.0, dict[str, float]()
             for k, b in enumerate(micro):
                 with (
                     self.procs.accumulate(self.forward, sync=k == len(micro) - 1),
                     autocast(self.autocast, self.device),
                 ):
-                    loss = self.forward(b)
-                scaled = loss / n_labels
+                    if callable(loss):
+                        log_probs = self.forward({key: b[key] for key in MODEL_KEYS if key in b}, log_probs=True)
+                    else:
+                        value = self.forward(b)
+                if callable(loss):
+                    out = loss(log_probs, b)
+                    value, values = out if isinstance(out, tuple) else (out, {})
+                    for name, v in values.items():
+                        extra[name] = extra.get(name, 0.0) + float(v)
+                elif loss != "cross_entropy":
+                    raise ValueError(f"forward_backward: loss must be 'cross_entropy' or a callable, got {loss!r}")
+                scaled = value / n_labels
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-                loss_sum += float(loss.detach())
-            loss_sum, tokens = self.procs.sum(loss_sum, sum(int(b["attention_mask"].sum()) for b in micro))
+                loss_sum += float(value.detach())
+            loss_sum, tokens, *sums = self.procs.sum(loss_sum, sum(int(b["attention_mask"].sum()) for b in micro),
+                                                     *extra.values())  # fmt: skip
             loss_value = loss_sum / n_labels
+            self._synced = True
             if not math.isfinite(loss_value):
                 self.optimizer.zero_grad(set_to_none=True)
                 raise NonFiniteLoss(loss_value, self.step_count + 1)
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)  # clip (and report) the true gradients, not the scaled ones
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm or float("inf")))
-            lr = self.optimizer.param_groups[0]["lr"]
-            scaling: dict[str, float] = {}
-            if self.scaler is None:
-                self.optimizer.step()
-            else:
-                scale = self.scaler.get_scale()
-                self.scaler.step(self.optimizer)  # skipped when a gradient is inf or nan
-                self.scaler.update()  # halves the scale after an overflow (and only then)
-                scaling = {"loss_scale": scale, "skipped": float(self.scaler.get_scale() < scale)}
-            if not scaling.get("skipped"):  # a skipped step changed nothing: the schedule waits for a real one
-                self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss_value, "tokens": int(tokens), **dict(zip(extra, sums, strict=True))}
+
+    def optim_step(self) -> dict[str, float]:
+        """Clip the gradients ``forward_backward`` added up, step the optimiser and the schedule, zero them.
+        Returns ``step``, ``lr`` (this step's), ``grad_norm`` (before clipping); in fp16 ``loss_scale``, ``skipped``."""
+        self._check_schedule()
+        assert self.scheduler is not None
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip (and report) the true gradients, not the scaled ones
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm or float("inf")))
+        lr = self.optimizer.param_groups[0]["lr"]
+        scaling: dict[str, float] = {}
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)  # skipped when a gradient is inf or nan
+            self.scaler.update()  # halves the scale after an overflow (and only then)
+            scaling = {"loss_scale": scale, "skipped": float(self.scaler.get_scale() < scale)}
+        if not scaling.get("skipped"):  # a skipped step changed nothing: the schedule waits for a real one
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._synced = False
         self.step_count += 1
-        return {"step": self.step_count, "loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens": int(tokens),
-                "seconds": time.perf_counter() - started, **scaling}  # fmt: skip
+        return {"step": self.step_count, "lr": lr, "grad_norm": grad_norm, **scaling}
+
+    def log_probs(self, batch: Batch, adapter: bool | str = True) -> torch.Tensor:
+        """Per-token log-probabilities (B, T) of ``batch`` as ``forward_backward`` gives a callable loss, without
+        gradients or dropout: with the active adapters (True), none (False: the base model, DPO's reference) or
+        adapter ``adapter`` alone (``lorakit.train.reference``). In a process group, every rank calls it."""
+        b = complete_batch(batch)
+        with self._inference(adapter):
+            return self.procs.eval_module(self.forward)({k: b[k] for k in MODEL_KEYS if k in b}, log_probs=True)  # type: ignore[no-any-return]
+
+    def sample(
+        self, prompts: Sequence[Prompt], n: int = 1, max_new_tokens: int | None = None,
+        temperature: float | None = None, top_p: float | None = None, adapter: bool | str = True,
+    ) -> list[Completion]:  # fmt: skip
+        """``n`` completions of each prompt (text, messages or token ids; ``lorakit.train.sampling``), prompt by
+        prompt, drawn from the live adapter (``adapter`` as in ``log_probs``; False: the base) without dropout, with
+        token ids and log-probabilities; defaults from the config (``max_completion_length``, ``temperature``,
+        ``top_p``). Random numbers come from the trainer's sampling generator (``seed`` + rank, in ``state_dict``).
+        In a process group (DDP) each rank samples its own prompts."""
+        if self.procs.sharded:
+            raise LorakitError("sample() does not run under --fsdp yet (each decoding step would gather the shards)")
+        c, ids = self.config, [prompt_ids(self.tokenizer, p) for p in prompts]
+        if not ids or n < 1:
+            raise ValueError("sample() needs at least one prompt and n >= 1")
+        generator = torch.Generator(self.device).set_state(self._rng["sample"])
+        pick = sampler(c.temperature if temperature is None else temperature, c.top_p if top_p is None else top_p,
+                       generator)  # fmt: skip
+        stop = self.tokenizer.eos_token_id
+        try:
+            with self._inference(adapter):
+                rows, scores = decode_ids(self.model, ids, max_new_tokens or c.max_completion_length, stop,
+                                          self.tokenizer.pad_token_id, n, pick, log_probs=True)  # fmt: skip
+        finally:
+            self._rng = {**self._rng, "sample": generator.get_state()}  # a new dict: a state_dict taken holds the old
+        return completions(self.tokenizer, ids, n, rows, scores, stop)
 
     # ---- a run
     def tokenize(self, data: DataSource) -> Dataset:
@@ -280,6 +275,12 @@ class Trainer:
         c = self.config
         return MicroBatches(data.examples, c.batch_size * self.procs.world, c.seed, self.tokenizer.pad_token_id,
                             self.procs, c.pad_to_multiple_of, c.seq_len if c.packing else None)  # fmt: skip
+
+    def set_total_steps(self, total: int) -> None:
+        """The run's length in optimiser steps, which the learning-rate schedule spans (``fit`` sets it from its data;
+        a loop of one's own over epochs sets it here)."""
+        if self.scheduler is None or self.total_steps != total:
+            self._start_schedule(total)
 
     def steps_for(self, data: Dataset) -> int:
         """Optimiser steps a run over ``data`` takes: ``max_steps``, or ``epochs`` passes when it is 0."""
@@ -396,7 +397,7 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         else:
             self._pending_scheduler = state.get("scheduler")
-        self._rng = _rng_from(rank_rng or state["rng"])
+        self._rng = rng_from(rank_rng or state["rng"], self._rng)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
 
@@ -426,6 +427,12 @@ class Trainer:
                 save_adapter(self.model, output, initial_adapter=initial_adapter)
 
     # ---- internals
+    def _check_schedule(self) -> None:
+        if self.scheduler is None:
+            raise LorakitError(
+                "TrainConfig(max_steps=0) trains for --epochs of a dataset: call fit(data), or give max_steps"
+            )
+
     def _start_schedule(self, total: int) -> None:
         self.total_steps = total
         for group in self.optimizer.param_groups:  # a LambdaLR scales the initial lr: start from it again
@@ -448,9 +455,25 @@ class Trainer:
             try:
                 yield
             finally:
-                self._rng = {"torch": torch.get_rng_state()}
+                self._rng = {"torch": torch.get_rng_state(), "sample": self._rng["sample"]}
                 if cuda:
                     self._rng["cuda"] = torch.cuda.get_rng_state(cuda[0])
+
+    @contextlib.contextmanager
+    def _inference(self, adapter: bool | str) -> Iterator[None]:
+        """No gradients, no dropout, the model computing as ``adapter`` says, in the run's precision and kernels."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with (
+                torch.no_grad(),
+                computing_as(self.model, adapter),
+                self._kernels(),
+                autocast(self.autocast, self.device),
+            ):
+                yield
+        finally:
+            self.model.train(was_training)
 
     def _compiled(self) -> contextlib.AbstractContextManager[None]:
         """The decoder layers' compiled forward (``TrainConfig.compile``), during training steps only."""
@@ -461,26 +484,3 @@ class Trainer:
         if self.autocast is not None and self.device.type == "cpu":
             return fp32_attention(self.model)
         return contextlib.nullcontext()
-
-
-def _complete(batch: Batch) -> dict[str, torch.Tensor]:
-    """A batch with every key the loss reads: a missing mask is all ones, missing labels are the input ids."""
-    if "input_ids" not in batch:
-        raise ValueError(f"a batch needs input_ids, got keys {sorted(batch)}")
-    out = dict(batch)
-    out.setdefault("attention_mask", torch.ones_like(out["input_ids"]))
-    out.setdefault("labels", out["input_ids"])
-    return out
-
-
-def _seeded_state(seed: int, device: torch.device) -> dict[str, Any]:
-    """Generator states of ``seed`` for the CPU (and the model's CUDA device), made without touching the globals."""
-    state = {"torch": torch.Generator().manual_seed(seed).get_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.Generator(device=device).manual_seed(seed).get_state()
-    return state
-
-
-def _rng_from(saved: Mapping[str, Any]) -> dict[str, Any]:
-    """The trainer's RNG state from a checkpoint's (older checkpoints also hold Python's, which is not used)."""
-    return {k: v for k, v in saved.items() if k in ("torch", "cuda")}
